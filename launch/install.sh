@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything mufm needs on a fresh Debian machine: system packages, a virtualenv
+# at .venv and the package in editable mode with its tpu (AOT compile checks) and dev
+# extras. Idempotent: a second run only checks what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(fluidsynth fluid-soundfont-gm ffmpeg libsndfile1)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[install] apt packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[install] creating .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+fi
+stamp=.venv/.mufm-install-stamp
+if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+  echo "[install] pip install -e .[tpu,dev] (first time: a few minutes, ~3 GB)"
+  .venv/bin/pip install -q -e ".[tpu,dev]"
+  touch "$stamp"
+fi
+echo "[install] ok: $(.venv/bin/python -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)' 2>/dev/null)"

@@ -1,0 +1,1 @@
+"""mufm: a MusicLM-style music foundation model in JAX/Flax NNX."""

@@ -1,0 +1,1 @@
+"""mufm.parallel."""

@@ -1,0 +1,43 @@
+"""mufm: a MusicLM-style music foundation model in JAX/Flax.
+
+Versions are pinned to the set that resolved and ran together on the reference machine
+(see ../shared/DESIGN.md, "Stack facts"); bump them together, never one at a time.
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "orbax-export==0.0.8",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "seqio==0.0.20",
+    "sentencepiece==0.2.3",
+    "gin-config==0.5.0",
+    "clu==0.0.12",
+    "soundfile==0.14.0",
+    "tqdm==4.70.1",
+    "numpy>=2.0,<2.5",
+]
+
+EXTRAS_REQUIRE = {
+    # libtpu lets a CPU-only machine compile ahead of time for a TPU topology
+    # (mufm.parallel.compile_check); keep CPU runs pinned with JAX_PLATFORMS=cpu.
+    "tpu": ["jax[tpu]==0.10.2"],
+    "beam": ["apache-beam==2.77.0"],
+    "dev": ["pytest==9.2.0"],
+}
+
+setup(
+    name="mufm",
+    version="0.1.0",
+    description="MusicLM-style music foundation model: sharded Flax NNX stage LMs on seqio data",
+    packages=find_packages(include=["mufm", "mufm.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
