@@ -1,0 +1,63 @@
+"""Multi-head self-attention with RoPE or an additive bias, and a KV cache for decoding.
+
+The cache is a plain dict of arrays {"k", "v": [batch, max_len, heads, head_dim]} passed in
+and returned, so decoding loops stay pure functions. Writing at `index` and attending over
+all `max_len` slots (masked by position) serves prefill (t tokens) and steps (1 token)
+with the same code.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from mufm.layers.dropout import dropout
+from mufm.layers.linear import Dense
+from mufm.layers.positions import apply_rope
+from mufm.parallel.logical import constrain
+
+NEG_INF = -1e9  # large finite: fully-masked rows (padding) stay finite instead of NaN
+
+
+def init_cache(batch: int, max_len: int, num_heads: int, head_dim: int, dtype) -> dict:
+    shape = (batch, max_len, num_heads, head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+class Attention(nnx.Module):
+    def __init__(self, d_model: int, num_heads: int, head_dim: int, *, use_rope: bool,
+                 rope_max_wavelength: float = 10_000.0, dropout_rate: float = 0.0,
+                 dtype=jnp.float32, out_init_scale: float = 1.0, rngs: nnx.Rngs):
+        proj = lambda: Dense((d_model,), (num_heads, head_dim), in_axes=("embed",),
+                             out_axes=("heads", "kv"), dtype=dtype, rngs=rngs)
+        self.query, self.key, self.value = proj(), proj(), proj()
+        self.out = Dense((num_heads, head_dim), (d_model,), in_axes=("heads", "kv"),
+                         out_axes=("embed",), dtype=dtype, init_scale=out_init_scale, rngs=rngs)
+        self.use_rope, self.rope_max_wavelength = use_rope, rope_max_wavelength
+        self.dropout_rate, self.dtype = dropout_rate, dtype
+        self.head_dim = head_dim
+
+    def __call__(self, x: jax.Array, *, positions: jax.Array, bias: jax.Array,
+                 key: jax.Array | None = None, cache: dict | None = None,
+                 cache_index: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
+        """x [b, t, d]; positions [b, t]; bias additive, broadcastable to [b, h, t, k]."""
+        axes = ("batch", "length", "heads", "kv")
+        q = constrain(checkpoint_name(self.query(x), "query_proj"), axes)
+        k = constrain(checkpoint_name(self.key(x), "key_proj"), axes)
+        v = constrain(checkpoint_name(self.value(x), "value_proj"), axes)
+        if self.use_rope:
+            q = apply_rope(q, positions, self.rope_max_wavelength)
+            k = apply_rope(k, positions, self.rope_max_wavelength)
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+            cache = {"k": k, "v": v}
+        q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype)).astype(jnp.float32)
+        weights = jax.nn.softmax(logits + bias, axis=-1).astype(self.dtype)
+        weights = dropout(weights, self.dropout_rate, key)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
+        ctx = constrain(ctx, axes)
+        return checkpoint_name(self.out(ctx), "out_proj"), cache

@@ -1,0 +1,69 @@
+"""Parameters with logical axis names, dense projections and embeddings.
+
+Every parameter is an `nnx.Param` whose `out_sharding` metadata holds its logical axis
+names; `mufm.parallel.logical` turns those into mesh shardings. Eager sharding is off: the
+train state is built from shapes and placed by `jit(..., out_shardings=...)`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mufm.parallel.logical import constrain
+
+Axes = tuple[str | None, ...]
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes, dtype=jnp.float32) -> nnx.Param:
+    if len(axes) != len(shape):
+        raise ValueError(f"parameter of shape {tuple(shape)} given axes {axes}")
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes),
+                     eager_sharding=False)
+
+
+def fan_in_init(in_axis, out_axis, scale: float = 1.0):
+    """Truncated-normal fan-in init (LeCun) for kernels with several input/output axes."""
+    return nnx.initializers.variance_scaling(scale, "fan_in", "truncated_normal",
+                                             in_axis=in_axis, out_axis=out_axis)
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+class Dense(nnx.Module):
+    """y[..., out...] = x[..., in...] @ kernel[in..., out...], computed in `dtype`.
+
+    `in_axes`/`out_axes` are the logical names of the contracted and produced dimensions.
+    """
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], *, in_axes: Axes,
+                 out_axes: Axes, dtype=jnp.float32, init_scale: float = 1.0, rngs: nnx.Rngs):
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        n_in, n_out = len(self.in_shape), len(self.out_shape)
+        init = fan_in_init(tuple(range(n_in)), tuple(range(n_in, n_in + n_out)), init_scale)
+        self.kernel = param(rngs, init, self.in_shape + self.out_shape, tuple(in_axes) + tuple(out_axes))
+        self.dtype = dtype
+        ins, outs = _LETTERS[:n_in], _LETTERS[n_in:n_in + n_out]
+        self._eq = f"...{ins},{ins}{outs}->...{outs}"
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.einsum(self._eq, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+
+
+class Embed(nnx.Module):
+    """Token embedding table of shape (vocab, embed); `attend` gives tied output logits."""
+
+    def __init__(self, vocab_size: int, features: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.embedding = param(rngs, nnx.initializers.normal(stddev=1.0), (vocab_size, features),
+                               ("vocab", "embed"))
+        self.dtype = dtype
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        x = jnp.take(self.embedding[...].astype(self.dtype), ids, axis=0)
+        return constrain(x, ("batch", "length", "embed"))
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
