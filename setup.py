@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "clu==0.0.12",
     "soundfile==0.14.0",
     "tqdm==4.70.1",
+    "tensorboard==2.21.0",
     "numpy>=2.0,<2.5",
 ]
 

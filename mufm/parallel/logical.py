@@ -127,12 +127,15 @@ _CONTEXT: contextvars.ContextVar[ShardingContext | None] = contextvars.ContextVa
 
 @contextlib.contextmanager
 def sharding_context(mesh: Mesh, rules: Rules) -> Iterator[ShardingContext]:
-    """Makes `constrain` active while tracing model code (and sets the jax mesh)."""
+    """Makes `constrain` active while tracing model code.
+
+    Deliberately not `jax.set_mesh`: NNX would then read the logical names in parameter
+    metadata as mesh axes. Constraints carry an explicit NamedSharding instead.
+    """
     ctx = ShardingContext(mesh, normalize_rules(rules))
     token = _CONTEXT.set(ctx)
     try:
-        with jax.set_mesh(mesh):
-            yield ctx
+        yield ctx
     finally:
         _CONTEXT.reset(token)
 

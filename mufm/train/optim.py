@@ -1,0 +1,71 @@
+"""Optimizers and learning-rate schedules from optax, configured in gin."""
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+import jax
+import optax
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"  # adamw | adafactor
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"  # cosine | rsqrt | constant
+    warmup_steps: int = 100
+    decay_steps: int | None = None  # default: the run's train_steps
+    end_learning_rate_ratio: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-9
+    weight_decay: float = 0.01
+    clip_norm: float | None = 1.0
+    # Micro-batches per step: the step scans over batch/grad_accum_steps slices and sums
+    # their gradients, so memory is that of one micro-batch.
+    grad_accum_steps: int = 1
+
+    def __post_init__(self):
+        if self.name not in ("adamw", "adafactor"):
+            raise ValueError(f"OptimizerConfig.name={self.name!r}: use 'adamw' or 'adafactor'")
+        if self.schedule not in ("cosine", "rsqrt", "constant"):
+            raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}: use cosine, rsqrt or constant")
+        if self.grad_accum_steps < 1:
+            raise ValueError("OptimizerConfig.grad_accum_steps must be >= 1")
+
+
+def make_schedule(cfg: OptimizerConfig, train_steps: int) -> optax.Schedule:
+    warmup = max(int(cfg.warmup_steps), 0)
+    peak = cfg.learning_rate
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(peak)
+    elif cfg.schedule == "cosine":
+        decay = max((cfg.decay_steps or train_steps) - warmup, 1)
+        main = optax.cosine_decay_schedule(peak, decay, alpha=cfg.end_learning_rate_ratio)
+    else:  # rsqrt, T5-style: peak until warmup then peak * sqrt(warmup / step)
+        w = max(warmup, 1)
+        main = lambda count: peak * jax.lax.rsqrt((count + w) / w)
+    if not warmup:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def _decay_mask(params):
+    # No weight decay on vectors (norm scales) or tables of per-head biases.
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(cfg: OptimizerConfig, train_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = make_schedule(cfg, train_steps)
+    parts = []
+    if cfg.clip_norm:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if cfg.name == "adamw":
+        parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                                 weight_decay=cfg.weight_decay, mask=_decay_mask))
+    else:
+        # Adafactor keeps its own second-moment decay (step^-0.8); b1/b2/eps are Adam's.
+        parts.append(optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None,
+                                     weight_decay_mask=_decay_mask))
+    return optax.chain(*parts), schedule
