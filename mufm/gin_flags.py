@@ -56,7 +56,9 @@ def parse(files: Sequence[str], bindings: Sequence[str], *, finalize: bool = Tru
     global _SEARCH_PATH_ADDED
     gin.clear_config()
     if not _SEARCH_PATH_ADDED:  # `include` paths are relative to configs/
-        gin.add_config_file_search_path(CONFIGS_DIR)
+        # First in the search list: gin's default '' prefix would try each include as a
+        # Python package resource first and log a spurious "Path not found" error.
+        gin.config._LOCATION_PREFIXES.insert(0, CONFIGS_DIR)  # gin 0.5.0 has no public insert
         _SEARCH_PATH_ADDED = True
     if not files:
         raise GinConfigError("no --gin_file given")
@@ -65,14 +67,18 @@ def parse(files: Sequence[str], bindings: Sequence[str], *, finalize: bool = Tru
         try:
             gin.parse_config_file(path)
         except Exception as e:  # gin raises ValueError/ImportError/SyntaxError variants
-            raise GinConfigError(f"gin file {f}: {type(e).__name__}: {e}") from None
+            raise GinConfigError(f"gin file {f}: {type(e).__name__}: {e}") from e
     for b in bindings:
         try:
             gin.parse_config(b)
         except Exception as e:
             raise GinConfigError(f"gin binding --gin.{b}: {type(e).__name__}: {e}") from None
     if finalize:
-        gin.finalize()
+        try:
+            gin.finalize()
+        except ValueError as e:  # a %gin.REQUIRED value nobody set
+            raise GinConfigError(f"{e} Set it with --gin.NAME=value "
+                                 f"(e.g. --gin.MODEL_DIR=\\\"runs/demo\\\").") from e
 
 
 def run_main(entry, argv: Sequence[str] | None = None):

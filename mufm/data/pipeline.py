@@ -33,6 +33,20 @@ class DataConfig:
     stream_names: Sequence[str] = ()
 
 
+def batch_feature_names(cfg: DataConfig) -> tuple[str, ...]:
+    """The int32 [batch, length] features a batch of `cfg` carries, without reading data.
+
+    Mirrors seqio's decoder-only converter (segment ids and positions only when packing)
+    plus StageLMFeatureConverter's stream ids; a test checks it against a real batch.
+    """
+    names = ["decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights"]
+    if cfg.pack:
+        names += ["decoder_segment_ids", "decoder_positions"]
+    if cfg.stream_names:
+        names.append("decoder_stream_ids")
+    return tuple(names)
+
+
 def _task(cfg: DataConfig):
     import seqio  # heavy (TensorFlow): only where data is actually read
 

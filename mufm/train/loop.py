@@ -9,20 +9,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
+from typing import Any, Callable, Sequence
 
 import gin
 import jax
 import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
 
-from mufm.data.pipeline import DataConfig, host_batches
+from mufm.data.pipeline import DataConfig, batch_feature_names, host_batches
 from mufm.models.lm import LMConfig, StageLM, train_flops_per_token
-from mufm.parallel.logical import sharding_context
+from mufm.parallel.logical import Rules, sharding_context
 from mufm.parallel.mesh import MeshConfig, build_mesh
 from mufm.parallel.multihost import batch_sharding, global_batch, maybe_initialize_distributed
 from mufm.train.checkpoint import CheckpointConfig, Checkpointer, write_gin_config
 from mufm.train.optim import OptimizerConfig, make_optimizer
-from mufm.train.state import abstract_state, init_fn
+from mufm.train.state import ModelSpec, TrainState, abstract_state, init_fn
 from mufm.train.step import StepConfig, eval_step, summarize, train_step
 
 log = logging.getLogger(__name__)
@@ -51,37 +53,83 @@ def make_model_fn(cfg: LMConfig):
     return make
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+    """What train() runs, built from configs and shapes alone: no data read, no array made.
+
+    Shared with the ahead-of-time compile check (mufm.parallel.compile_check), so the step
+    it compiles for a TPU topology is exactly the one training runs. Trace (call or lower)
+    the steps inside `sharding_context(program.mesh, program.rules)` so activation
+    constraints apply.
+    """
+    mesh: Mesh
+    rules: Rules
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    make_model: Callable
+    spec: ModelSpec
+    abstract: TrainState  # ShapeDtypeStructs carrying their shardings
+    shardings: TrainState
+    step_cfg: StepConfig
+    batch_sharding: NamedSharding
+    train_step: Any  # jitted, donates the state
+    eval_step: Any  # jitted
+
+
+def build_program(model: LMConfig, data: DataConfig, optimizer: OptimizerConfig, mesh: MeshConfig,
+                  run: RunConfig, devices: Sequence[jax.Device] | None = None) -> TrainProgram:
+    """Mesh, optimizer, abstract sharded state and the jitted steps for `devices`
+    (default: every device of this process's backend; the compile check passes a TPU
+    topology's compile-only devices)."""
+    device_mesh = build_mesh(mesh, devices)  # fails here, before any compute, if it does not fit
+    rules = mesh.rules
+    tx, schedule = make_optimizer(optimizer, run.train_steps)
+    make_model = make_model_fn(model)
+    step_cfg = StepConfig(grad_accum_steps=optimizer.grad_accum_steps, z_loss=run.z_loss,
+                          stream_names=tuple(data.stream_names), seed=run.seed)
+    with sharding_context(device_mesh, rules):
+        abstract, shardings, spec = abstract_state(make_model, tx, device_mesh, rules, run.seed)
+    batch_sh = batch_sharding(device_mesh, rules, 2)
+    p_train = jax.jit(functools.partial(train_step, spec=spec, tx=tx, schedule=schedule, cfg=step_cfg),
+                      in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
+                      donate_argnums=(0,))
+    p_eval = jax.jit(functools.partial(eval_step, spec=spec, cfg=step_cfg),
+                     in_shardings=(shardings, batch_sh))
+    return TrainProgram(mesh=device_mesh, rules=rules, tx=tx, schedule=schedule,
+                        make_model=make_model, spec=spec, abstract=abstract, shardings=shardings,
+                        step_cfg=step_cfg, batch_sharding=batch_sh, train_step=p_train,
+                        eval_step=p_eval)
+
+
+def abstract_batch(program: TrainProgram, data: DataConfig) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch the train step receives, as sharded shapes (AOT lowering)."""
+    shape = (data.batch_size, data.sequence_length)
+    return {name: jax.ShapeDtypeStruct(shape, np.int32, sharding=program.batch_sharding)
+            for name in batch_feature_names(data)}
+
+
 @gin.configurable
 def train(model: LMConfig = gin.REQUIRED, data: DataConfig = gin.REQUIRED,
           optimizer: OptimizerConfig = gin.REQUIRED, checkpoint: CheckpointConfig = gin.REQUIRED,
           mesh: MeshConfig = gin.REQUIRED, run: RunConfig = gin.REQUIRED) -> dict[str, float]:
     """Trains a stage LM; returns the last logged metrics."""
     maybe_initialize_distributed()
-    device_mesh = build_mesh(mesh)  # fails here, before any compute, if it does not fit
-    rules = mesh.rules
-    tx, schedule = make_optimizer(optimizer, run.train_steps)
-    make_model = make_model_fn(model)
-    step_cfg = StepConfig(grad_accum_steps=optimizer.grad_accum_steps, z_loss=run.z_loss,
-                          stream_names=tuple(data.stream_names), seed=run.seed)
+    program = build_program(model, data, optimizer, mesh, run)
+    device_mesh, rules = program.mesh, program.rules
+    shardings, step_cfg = program.shardings, program.step_cfg
+    p_train, p_eval = program.train_step, program.eval_step
 
     with sharding_context(device_mesh, rules):
-        abstract, shardings, spec = abstract_state(make_model, tx, device_mesh, rules, run.seed)
         ckpt = Checkpointer(run.model_dir, checkpoint)
         latest = ckpt.latest_step()
         if latest is not None:
-            state, data_pos = ckpt.restore(latest, abstract)
+            state, data_pos = ckpt.restore(latest, program.abstract)
             log.info("resumed from step %d (input position %s)", latest, data_pos)
         else:
-            state = jax.jit(init_fn(make_model, tx), out_shardings=shardings)(jax.random.key(run.seed))
+            state = jax.jit(init_fn(program.make_model, program.tx),
+                            out_shardings=shardings)(jax.random.key(run.seed))
         start = int(state.step)
         write_gin_config(run.model_dir, gin.operative_config_str())
-
-        batch_sh = batch_sharding(device_mesh, rules, 2)
-        p_train = jax.jit(functools.partial(train_step, spec=spec, tx=tx, schedule=schedule, cfg=step_cfg),
-                          in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
-                          donate_argnums=(0,))
-        p_eval = jax.jit(functools.partial(eval_step, spec=spec, cfg=step_cfg),
-                         in_shardings=(shardings, batch_sh))
 
         logger = _logger(run, model, data, start)
         batches = host_batches(data, split=data.train_split, shuffle=data.shuffle, start_batch=start)

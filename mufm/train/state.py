@@ -41,16 +41,14 @@ class ModelSpec:
 def model_spec(make_model: Callable[[nnx.Rngs], nnx.Module]) -> ModelSpec:
     abstract = nnx.eval_shape(lambda: make_model(nnx.Rngs(0)))
     graphdef, params, _ = nnx.split(abstract, nnx.Param, ...)
-    axes = jax.tree.map(lambda v: v.get_metadata().get("out_sharding"), params,
-                        is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return ModelSpec(graphdef=graphdef, param_axes=nnx.State(axes).to_pure_dict()
-                     if isinstance(axes, nnx.State) else axes)
+    variables = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    structure = jax.tree.structure(nnx.to_pure_dict(params))
+    axes = jax.tree.unflatten(structure, [v.get_metadata().get("out_sharding") for v in variables])
+    return ModelSpec(graphdef=graphdef, param_axes=axes)
 
 
 def merge_model(spec: ModelSpec, params: Any, model_state: Any = None) -> nnx.Module:
-    states = [nnx.State(params)]
-    if model_state:
-        states.append(nnx.State(model_state))
+    states = [params, model_state] if model_state else [params]
     return nnx.merge(spec.graphdef, *states)
 
 
@@ -58,8 +56,8 @@ def init_fn(make_model, tx: optax.GradientTransformation):
     def init(key: jax.Array) -> TrainState:
         model = make_model(nnx.Rngs(params=key))
         _, params, rest = nnx.split(model, nnx.Param, ...)
-        params = params.to_pure_dict()
-        rest = {k: v for k, v in rest.to_pure_dict().items()} if rest else {}
+        params = nnx.to_pure_dict(params)
+        rest = nnx.to_pure_dict(rest) if rest else {}
         zero = jnp.zeros((), jnp.int32)
         return TrainState(step=zero, params=params, opt_state=tx.init(params), model_state=rest,
                           nonfinite_skipped=zero, nonfinite_streak=zero)

@@ -96,7 +96,7 @@ def train_step(state: TrainState, batch: dict, *, spec: ModelSpec, tx: optax.Gra
     # Gradients of summed losses: normalise by the tokens of the whole (global) batch.
     weight = jnp.maximum(stats["weight"], 1.0)
     grads = jax.tree.map(lambda g: g / weight, grads)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     metrics = summarize(stats, cfg.stream_names)

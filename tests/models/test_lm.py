@@ -1,0 +1,122 @@
+"""Stage transformer: cache decoding, causality, packing, remat, parameter axes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mufm.models.lm import LMConfig, StageLM, param_count, train_flops_per_token
+from mufm.models.remat import REMAT_POLICIES
+
+
+def tiny(**kw):
+    base = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, d_ff=64, dtype="float32")
+    base.update(kw)
+    return LMConfig(**base)
+
+
+@pytest.mark.parametrize("position", ["rope", "relative"])
+@pytest.mark.parametrize("scan", [True, False])
+def test_kv_cache_decoding_matches_full_forward(position, scan):
+    cfg = tiny(position=position, scan_layers=scan)
+    model = StageLM(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
+    full = model(tokens)
+    cache = model.init_cache(2, 16)
+    logits, cache = model.decode(tokens[:, :5], cache, jnp.int32(0))  # prefill
+    outs = [logits]
+    for i in range(5, 12):  # one token at a time
+        logits, cache = model.decode(tokens[:, i:i + 1], cache, jnp.int32(i))
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("position", ["rope", "relative"])
+def test_causal(position):
+    cfg = tiny(position=position)
+    model = StageLM(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (1, 16), 0, cfg.vocab_size)
+    changed = tokens.at[0, 9:].set(3)
+    a, b = model(tokens), model(changed)
+    np.testing.assert_array_equal(a[0, :9], b[0, :9])
+    assert float(jnp.abs(a[0, 9:] - b[0, 9:]).max()) > 1e-3
+
+
+def test_packed_segments_do_not_see_each_other():
+    """Two sequences packed in one row give the logits they give alone."""
+    cfg = tiny(position="relative")
+    model = StageLM(cfg, rngs=nnx.Rngs(0))
+    a = jax.random.randint(jax.random.key(1), (1, 7), 0, cfg.vocab_size)
+    b = jax.random.randint(jax.random.key(2), (1, 5), 0, cfg.vocab_size)
+    packed = jnp.concatenate([a, b], axis=1)
+    seg = jnp.array([[1] * 7 + [2] * 5])
+    pos = jnp.array([list(range(7)) + list(range(5))])
+    out = model(packed, positions=pos, segment_ids=seg)
+    np.testing.assert_allclose(out[:, :7], model(a), atol=1e-5)
+    np.testing.assert_allclose(out[:, 7:], model(b), atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", sorted(REMAT_POLICIES))
+def test_remat_policies_keep_gradients(policy):
+    tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, 64)
+
+    def grads(cfg):
+        model = StageLM(cfg, rngs=nnx.Rngs(0))
+        return nnx.grad(lambda m: jnp.mean(m(tokens) ** 2))(model)
+
+    ref = jax.tree.leaves(nnx.state(grads(tiny()), nnx.Param))
+    got = jax.tree.leaves(nnx.state(grads(tiny(remat_policy=policy)), nnx.Param))
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, atol=1e-6, rtol=1e-5)
+
+
+def test_unknown_remat_policy_is_rejected():
+    with pytest.raises(ValueError, match="remat_policy"):
+        tiny(remat_policy="sometimes")
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(activation="swiglu"), dict(position="relative"),
+                                dict(tie_embeddings=True)])
+def test_param_count_formula_matches_model(kw):
+    cfg = tiny(**kw)
+    model = StageLM(cfg, rngs=nnx.Rngs(0))
+    actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert param_count(cfg)["total"] == actual
+
+
+def test_every_param_has_logical_axes_of_its_rank():
+    for scan in (True, False):
+        model = StageLM(tiny(scan_layers=scan, position="relative"), rngs=nnx.Rngs(0))
+        params = nnx.state(model, nnx.Param)
+        for path, var in jax.tree_util.tree_leaves_with_path(
+                params, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+            axes = var.get_metadata()["out_sharding"]
+            assert len(axes) == var[...].ndim, (path, axes)
+            if scan and "blocks" in jax.tree_util.keystr(path):
+                assert axes[0] == "layers"
+
+
+def test_dropout_is_keyed():
+    cfg = tiny(dropout_rate=0.5)
+    model = StageLM(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, 64)
+    a = model(tokens, dropout_rng=jax.random.key(0))
+    b = model(tokens, dropout_rng=jax.random.key(0))
+    c = model(tokens, dropout_rng=jax.random.key(1))
+    np.testing.assert_array_equal(a, b)
+    assert float(jnp.abs(a - c).max()) > 1e-3
+    np.testing.assert_array_equal(model(tokens), model(tokens))  # no key: deterministic
+
+
+def test_bf16_compute_keeps_fp32_params_and_logits():
+    cfg = tiny(dtype="bfloat16")
+    model = StageLM(cfg, rngs=nnx.Rngs(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    out = model(jnp.zeros((1, 4), jnp.int32))
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_flops_formula():
+    cfg = tiny()
+    n = param_count(cfg)["matmul"]
+    assert train_flops_per_token(cfg, 128) == 6 * n + 12 * 2 * 128 * 4 * 8
