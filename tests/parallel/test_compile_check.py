@@ -1,0 +1,80 @@
+"""Ahead-of-time TPU compile check: the real train step compiled by libtpu on this CPU machine.
+
+The check runs in a subprocess: conftest pins this process to 8 fake CPU devices, and libtpu
+has to be loaded by a fresh jax with the environment the module sets for itself.
+"""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mufm.models.lm import LMConfig, param_count
+
+EXPERIMENT = "experiments/musiclm_stage_v5e_256.gin"
+LAST_LINE = re.compile(r"^fits=(true|false) per_chip_bytes=(\d+) hbm_bytes=(\d+)$")
+
+pytest.importorskip("libtpu", reason="the compile check needs libtpu (pip install -e .[tpu])")
+
+
+def run_check(*args: str, timeout: int = 900) -> tuple[int, str, dict]:
+    proc = subprocess.run([sys.executable, "-m", "mufm.parallel.compile_check", *args],
+                          capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+    lines = proc.stdout.strip().splitlines()
+    m = LAST_LINE.match(lines[-1]) if lines else None
+    assert m, f"no result line (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc.returncode, proc.stdout, {"fits": m.group(1) == "true",
+                                          "per_chip": int(m.group(2)), "hbm": int(m.group(3))}
+
+
+@pytest.mark.slow  # one real TPU compile of a 24-layer model: minutes on a shared CPU
+def test_musiclm_stage_fits_v5e_256():
+    rc, out, r = run_check(f"--gin_file={EXPERIMENT}", "--topology=v5e:16x16")
+    assert rc == 0, out
+    assert r["fits"] and r["hbm"] == 16 * 2**30
+    assert r["per_chip"] < r["hbm"]
+    # At least the fp32 parameters and both Adam moments, spread over all 256 chips.
+    params = param_count(LMConfig(vocab_size=8448, d_model=1024, num_layers=24, num_heads=16,
+                                  d_ff=4096, activation="swiglu", position="relative"))["total"]
+    assert params > 400e6
+    assert r["per_chip"] > 12 * params / 256
+    assert "XLA FLOPs per step" in out and "model FLOPs/step" in out
+
+
+def test_too_big_reports_does_not_fit():
+    # No remat and 512 sequences of 2304 tokens on a 4-chip slice: far beyond 16 GiB per chip.
+    rc, out, r = run_check(f"--gin_file={EXPERIMENT}", "--topology=v5e:2x2",
+                           "--gin.MeshConfig.ici_parallelism=(1, -1, 1)",
+                           "--gin.LMConfig.remat_policy='none'", timeout=600)
+    assert rc == 1, out
+    assert not r["fits"] and r["per_chip"] > r["hbm"] == 16 * 2**30
+
+
+def test_unknown_topology_names_the_expected_form():
+    proc = subprocess.run([sys.executable, "-m", "mufm.parallel.compile_check",
+                           f"--gin_file={EXPERIMENT}", "--topology=v5litepod-256"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 2
+    assert "v5e:16x16" in proc.stderr and "v5litepod-256" in proc.stderr
+
+
+def test_parse_topology():
+    from mufm.parallel.compile_check import TopologyError, parse_topology
+
+    assert parse_topology("v5e:16x16") == ("v5e", (16, 16))
+    assert parse_topology("v4:4x4x8") == ("v4", (4, 4, 8))
+    for bad in ("v5e-256", "v9:2x2", "v5e:16", "tpu"):
+        with pytest.raises(TopologyError, match="v5e:16x16"):
+            parse_topology(bad)
+
+
+def test_abstract_batch_names_match_a_real_batch():
+    """The shapes the compile check lowers with are the features the pipeline yields."""
+    from mufm.data.pipeline import DataConfig, batch_feature_names, host_batches
+
+    for pack, streams in ((True, ("prompt", "copy")), (False, ("prompt", "copy"))):
+        cfg = DataConfig(sequence_length=32, batch_size=2, pack=pack, stream_names=streams)
+        batch = next(host_batches(cfg, split="train", shuffle=False))
+        assert set(batch) == set(batch_feature_names(cfg)), pack
+        assert all(v.shape == (2, 32) and v.dtype.kind == "i" for v in batch.values())
