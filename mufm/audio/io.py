@@ -57,7 +57,35 @@ def info(path: str) -> AudioInfo:
     raise AudioReadError("not_audio_or_corrupt", str(e)[:200]) from e
   if i.frames <= 0:
     raise AudioReadError("no_frames")
+  if path.lower().endswith(".wav"):
+    declared = _wav_declared_data_bytes(path)
+    if declared is not None and declared[0] > declared[1]:
+      raise AudioReadError("truncated", f"data chunk declares {declared[0]} bytes, file holds {declared[1]}")
   return AudioInfo(int(i.samplerate), int(i.channels), int(i.frames))
+
+
+def _wav_declared_data_bytes(path: str) -> tuple[int, int] | None:
+  """(bytes the RIFF 'data' chunk declares, bytes actually present), or None if not found.
+
+  libsndfile quietly shortens a cut-off WAV to what is there; the header still says how
+  long it was meant to be, which is how a truncated download is told from a short file.
+  """
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+      return None
+    pos = 12
+    while pos + 8 <= size:
+      f.seek(pos)
+      hdr = f.read(8)
+      cid, n = hdr[:4], int.from_bytes(hdr[4:8], "little")
+      if cid == b"data":
+        if n in (0, 0xFFFFFFFF):  # streaming writers leave the size unset
+          return None
+        return n, size - pos - 8
+      pos += 8 + n + (n & 1)
+  return None
 
 
 def read(path: str, start_s: float = 0.0, duration_s: float | None = None) -> tuple[np.ndarray, int]:

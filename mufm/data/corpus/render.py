@@ -36,11 +36,12 @@ def fluidsynth_binary() -> str:
 
 
 def render_midi(midi_path: str, wav_path: str, soundfont: str, sample_rate: int,
-                expected_s: float, timeout_s: float, length_ratio: float) -> float:
+                expected_s: float, timeout_s: float, length_ratio: float,
+                slack_s: float = 30.0) -> float:
   """Renders ``midi_path`` to a float WAV. Returns wall seconds; raises RenderError."""
   if not os.path.exists(soundfont):
     raise RenderError("soundfont_missing", soundfont)
-  max_bytes = int((length_ratio * expected_s + 30.0) * sample_rate * BYTES_PER_FRAME) + WAV_HEADER_SLACK
+  max_bytes = int((length_ratio * expected_s + slack_s) * sample_rate * BYTES_PER_FRAME) + WAV_HEADER_SLACK
   cmd = [fluidsynth_binary(), "-ni", "-q", "-g", "0.5", "-r", str(sample_rate),
          "-o", "synth.cpu-cores=1", "-o", "synth.chorus.active=0",
          "-F", wav_path, "-T", "wav", "-O", "float", soundfont, midi_path]

@@ -44,7 +44,9 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
             "clip_id": tfds.features.Text(),
             "file": tfds.features.Text(),
             "start_s": tfds.features.Scalar(dtype=np.float32),
-            # free-form attributes from the captions file, as JSON text
+            # captions-file columns named like corpus attributes (key, bpm, ...) land here
+            "attributes": F.corpus_attributes_feature(),
+            # every column of the captions file, as JSON text
             "attributes_json": tfds.features.Text(),
         }),
         supervised_keys=None,
@@ -73,6 +75,7 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
           "waveform": F.to_int16(clip["waveform"]), "sample_rate": F.SAMPLE_RATE,
           "caption": clip["caption"], "clip_id": clip["clip_id"], "file": clip["file"],
           "start_s": np.float32(clip["start_s"]),
+          "attributes": F.corpus_attributes_example(clip["attributes"]),
           "attributes_json": json.dumps(clip["attributes"], sort_keys=True)}
     self._pending.discard(split)
     out = self._write_report()

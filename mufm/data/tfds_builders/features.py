@@ -28,10 +28,14 @@ def corpus_attributes_feature() -> tfds.features.FeaturesDict:
 
 
 def corpus_attributes_example(attrs: dict) -> dict:
+  """Typed attribute fields from a dict; absent ones are "" / 0 (e.g. a user's folder)."""
   out = {}
   for k in CORPUS_TEXT_ATTRIBUTES:
     v = attrs.get(k, "")
-    out[k] = ", ".join(v) if isinstance(v, (list, tuple)) else str(v)
+    out[k] = ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
   for k, dt in CORPUS_NUMBER_ATTRIBUTES.items():
-    out[k] = dt(attrs.get(k, 0) or 0)
+    try:
+      out[k] = dt(float(attrs.get(k, 0) or 0))
+    except (TypeError, ValueError):
+      out[k] = dt(0)
   return out

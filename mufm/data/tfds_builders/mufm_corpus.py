@@ -7,6 +7,7 @@ manifest yet, the builder renders the corpus there first (the same resumable bui
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -44,6 +45,7 @@ class MufmCorpus(tfds.core.GeneratorBasedBuilder):
             "work_id": tfds.features.Text(),
             "variant_id": tfds.features.Text(),
             "attributes": F.corpus_attributes_feature(),
+            "attributes_json": tfds.features.Text(),  # every attribute of the record, as JSON
         }),
         supervised_keys=None,
         homepage="https://web.mit.edu/music21/",
@@ -74,4 +76,5 @@ class MufmCorpus(tfds.core.GeneratorBasedBuilder):
           "waveform": wav, "sample_rate": int(sr), "caption": r["caption"], "clip_id": r["clip_id"],
           "work_id": r["work_id"], "variant_id": r["variant_id"],
           "attributes": F.corpus_attributes_example(r["attributes"]),
+          "attributes_json": json.dumps(r["attributes"], sort_keys=True),
       }
