@@ -20,6 +20,7 @@ from mufm.audio.resample import downmix
 
 WAV_HEADER_SLACK = 4096
 BYTES_PER_FRAME = 2 * 4  # fluidsynth file output: stereo float32
+MAX_RELEASE_S = 3.0
 
 
 class RenderError(Exception):
@@ -69,7 +70,7 @@ def render_midi(midi_path: str, wav_path: str, soundfont: str, sample_rate: int,
 
 def master(wav_path: str, sample_rate: int, target_lufs: float, expected_s: float,
            max_seconds: float | None = None) -> np.ndarray:
-  """Mono, trailing silence trimmed (1 s of release kept), loudness-normalised."""
+  """Mono, trailing silence trimmed (<= 1 s past -60 dB, <= 3 s past the MIDI end), normalised."""
   x, sr = sf.read(wav_path, dtype="float32", always_2d=True)
   if sr != sample_rate:
     raise RenderError("render_failed", f"fluidsynth wrote {sr} Hz")
@@ -80,6 +81,7 @@ def master(wav_path: str, sample_rate: int, target_lufs: float, expected_s: floa
   loud = np.flatnonzero(np.abs(y) > 1e-3 * float(np.max(np.abs(y))))
   end = min(len(y), int(loud[-1]) + sample_rate) if loud.size else len(y)
   end = max(end, min(len(y), int(expected_s * sample_rate)))
+  end = min(end, int((expected_s + MAX_RELEASE_S) * sample_rate))  # slow decays: keep 3 s of tail
   y = y[:end]
   if max_seconds:
     y = y[: int(max_seconds * sample_rate)]
