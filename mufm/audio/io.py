@@ -95,17 +95,19 @@ def read(path: str, start_s: float = 0.0, duration_s: float | None = None) -> tu
   if _uses_ffmpeg(path):
     return _ffmpeg_read(path, start_s, duration_s)
   try:
-    with sf.SoundFile(path) as f:
-      sr = f.samplerate
+    f = sf.SoundFile(path)
+  except Exception as e:
+    raise AudioReadError("not_audio_or_corrupt", str(e)[:200]) from e
+  with f:
+    sr = f.samplerate
+    try:
       start = int(round(start_s * sr))
       if start:
         f.seek(min(start, f.frames))
       n = -1 if duration_s is None else int(round(duration_s * sr))
       x = f.read(frames=n, dtype="float32", always_2d=True)
-  except AudioReadError:
-    raise
-  except Exception as e:
-    raise AudioReadError("not_audio_or_corrupt", str(e)[:200]) from e
+    except Exception as e:  # the header was fine, the data stops or breaks: a cut-off file
+      raise AudioReadError("truncated", str(e)[:200]) from e
   return x, int(sr)
 
 

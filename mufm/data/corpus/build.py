@@ -140,9 +140,7 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
   shutil.rmtree(os.path.join(out_dir, "tmp"), ignore_errors=True)
   os.makedirs(os.path.join(out_dir, "tmp"))
 
-  works = list_works(cfg)
-  if limit is not None:
-    works = works[:limit]
+  works = list_works(cfg, limit)
   marker = lambda w: os.path.join(out_dir, "works", w.work_id + ".json")
   todo = deque(w for w in works if not os.path.exists(marker(w)))
   already = len(works) - len(todo)

@@ -71,8 +71,12 @@ def _region(md) -> str | None:
   return _PLACE_NAMES.get(place, place)
 
 
-def list_works(cfg: CorpusConfig) -> list[Work]:
-  """The works a config builds, in a deterministic order, each with its split."""
+def list_works(cfg: CorpusConfig, limit: int | None = None) -> list[Work]:
+  """The works a config builds, sorted by id, each with its split.
+
+  ``limit`` keeps the first N works by id (a smaller corpus for tests and trials); splits
+  are assigned after it, so even a small build has validation and test works.
+  """
   wanted = dict(cfg.collections)
   by_collection: dict[str, list[Work]] = {c: [] for c in wanted}
   for e in _metadata_entries():
@@ -103,7 +107,8 @@ def list_works(cfg: CorpusConfig) -> list[Work]:
     pool = {w.work_id: w for w in by_collection[coll]}  # de-duplicate ids
     ranked = sorted(pool.values(), key=lambda w: stable_hash(cfg.seed, "select", w.work_id))
     works.extend(ranked[:cap] if cap is not None else ranked)
-  return assign_splits(works, cfg)
+  works = sorted(works, key=lambda w: w.work_id)
+  return assign_splits(works[:limit] if limit is not None else works, cfg)
 
 
 def assign_splits(works: list[Work], cfg: CorpusConfig) -> list[Work]:

@@ -66,8 +66,8 @@ class MufmCorpus(tfds.core.GeneratorBasedBuilder):
       from mufm.data.corpus.config import get_config
       build(get_config(self.builder_config.name), corpus_dir, jobs=self._build_jobs)
     records = read_manifest(corpus_dir)
-    return {split: self._generate_examples(corpus_dir, [r for r in records if r["split"] == split])
-            for split in ("train", "validation", "test")}
+    by_split = {split: [r for r in records if r["split"] == split] for split in ("train", "validation", "test")}
+    return {split: self._generate_examples(corpus_dir, recs) for split, recs in by_split.items() if recs}
 
   def _generate_examples(self, corpus_dir, records):
     for r in records:
