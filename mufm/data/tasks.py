@@ -142,7 +142,12 @@ def register_corpus_task(name: str = CORPUS_TASK, config: str = "quick", crop_se
                          pad_short: bool = True, data_dir: str | None = None,
                          corpus_dir: str | None = None, shuffle_buffer_size: int = 512) -> seqio.Task:
   """(Re-)registers the embedded-corpus task. ``data_dir`` is the TFDS data dir
-  (default ``$MUFM_TFDS_DIR`` or TFDS's); ``corpus_dir`` the rendered corpus to prepare from."""
+  (default ``$MUFM_TFDS_DIR`` or TFDS's); ``corpus_dir`` the rendered corpus to prepare from.
+
+  Importing this module registers the defaults; after parsing gin files, call it again
+  (e.g. from the train entry point) so gin bindings such as
+  ``register_corpus_task.crop_seconds = 30.0`` take effect.
+  """
   source = SplitTaggedTfdsSource(
       tfds_name=f"mufm_corpus/{config}:1.0.0", tfds_data_dir=data_dir or default_data_dir(),
       tfds_builder_kwargs={"corpus_dir": corpus_dir} if corpus_dir else None)
