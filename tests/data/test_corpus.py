@@ -75,6 +75,11 @@ def test_captions_state_the_attributes_and_the_audio_has_that_tempo(tiny_corpus)
     tempos = [int.from_bytes(bytes(e.data[:3]) if not isinstance(e.data, str) else e.data[:3].encode("latin1"), "big")
               for t in mf.tracks for e in t.events if e.type == midi.MetaEvents.SET_TEMPO]
     assert tempos and abs(60e6 / tempos[0] - a["bpm"]) < 0.5, (r["clip_id"], tempos[:2])
+    # ... with the captioned instruments as its programs
+    programs = {e.data for t in mf.tracks for e in t.events
+                if e.type == midi.ChannelVoiceMessages.PROGRAM_CHANGE}
+    assert programs == {p for _, p in r["variant"]["programs"]}, r["clip_id"]
+    assert a["instruments"] == list(dict.fromkeys(n for n, _ in r["variant"]["programs"]))
     # ... and the audio lasts as long as the MIDI at that tempo (plus the release tail)
     dur = r["num_samples"] / 24000
     assert r["score"]["midi_seconds"] - 0.5 <= dur <= r["score"]["midi_seconds"] + 3.01, r["clip_id"]

@@ -30,7 +30,8 @@ def length_word(seconds: float) -> str:
 
 def texture_for(collection: str, n_parts: int) -> str:
   t = collection_info(collection).texture
-  if t and (n_parts == 1) == ("solo" in t or "tune" in t or "air" in t or "melody" in t):
+  solo = any(w in (t or "") for w in ("solo", "tune", "air", "melody"))
+  if t and ((n_parts == 1) == solo or t in ("piano piece", "piano rag")):
     return t
   if n_parts == 1:
     return "solo melody"

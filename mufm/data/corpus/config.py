@@ -58,6 +58,7 @@ FULL = CorpusConfig(
         "liliuokalani", "johnson_j_r", "nottingham-dataset", "leadSheet")),
     variants_per_work=2,
     max_quarter_length=4000.0,
+    parse_timeout_s=240.0,  # a few quartet movements take minutes to parse
 )
 
 CONFIGS = {"quick": QUICK, "full": FULL}
@@ -105,8 +106,28 @@ COLLECTIONS = {
                                  "Italy", 80, "polyphonic madrigal"),
     "josquin": CollectionInfo("Josquin", "Renaissance", "Josquin des Prez", "France", 72,
                               "polyphonic motet"),
+    "luca": CollectionInfo("Luca Marenzio", "Renaissance", "Luca Marenzio", "Italy", 80),
+    "lusitano": CollectionInfo("Vicente Lusitano", "Renaissance", "Vicente Lusitano", "Portugal", 72),
+    "ciconia": CollectionInfo("Johannes Ciconia", "Medieval", "Johannes Ciconia", "Italy", 84),
+    "corelli": CollectionInfo("Corelli trio sonatas", "Baroque", "Arcangelo Corelli", "Italy", 96),
+    "handel": CollectionInfo("Handel", "Baroque", "George Frideric Handel", "England", 96),
+    "cpebach": CollectionInfo("C.P.E. Bach", "Classical", "Carl Philipp Emanuel Bach", "Germany", 100),
+    "schubert": CollectionInfo("Schubert", "Romantic", "Franz Schubert", "Austria", 90),
+    "weber": CollectionInfo("Weber", "Romantic", "Carl Maria von Weber", "Germany", 100),
+    "verdi": CollectionInfo("Verdi", "Romantic", "Giuseppe Verdi", "Italy", 90),
+    "chopin": CollectionInfo("Chopin", "Romantic", "Frederic Chopin", "Poland", 120, "piano piece"),
+    "schumann_robert": CollectionInfo("Robert Schumann", "Romantic", "Robert Schumann", "Germany", 90),
+    "schumann_clara": CollectionInfo("Clara Schumann", "Romantic", "Clara Schumann", "Germany", 90),
+    "beach": CollectionInfo("Amy Beach", "Romantic", "Amy Beach", "United States", 90),
+    "joplin": CollectionInfo("Scott Joplin rags", "ragtime", "Scott Joplin", "United States", 96, "piano rag"),
+    "johnson_j_r": CollectionInfo("J. Rosamond Johnson", "early 20th-century", "J. Rosamond Johnson",
+                                  "United States", 90),
+    "liliuokalani": CollectionInfo("Liliuokalani", "Romantic", "Liliuokalani", "Hawaii", 80),
+    "nottingham-dataset": CollectionInfo("Nottingham folk tunes", "traditional", None, "England",
+                                         112, "folk dance tune"),
+    "leadSheet": CollectionInfo("lead sheets", "20th-century", None, None, 100),
 }
 
 
 def collection_info(name: str) -> CollectionInfo:
-  return COLLECTIONS.get(name, CollectionInfo(name, "unknown era"))
+  return COLLECTIONS.get(name, CollectionInfo(name, "Western"))
