@@ -22,7 +22,7 @@ def _tone(seconds, sr=SR, channels=1, freq=440.0):
 # file -> expected skip reason (None: usable)
 EXPECTED = {
     "good_stereo_44k.wav": None, "good_6ch_48k.flac": None, "good_8ch.wav": None,
-    "good.mp3": None, "good.ogg": None, "long_hour_8k.wav": None, "short_pad.wav": None,
+    "good.mp3": None, "good.m4a": None, "good.ogg": None, "long_hour_8k.wav": None, "short_pad.wav": None,
     "empty.wav": "empty_file", "truncated.wav": "truncated", "truncated.flac": "truncated",
     "garbage.wav": "not_audio_or_corrupt", "text_named.mp3": "not_audio_or_corrupt",
     "text_named.flac": "not_audio_or_corrupt", "nan.wav": "nan_or_inf", "inf.wav": "nan_or_inf",
@@ -39,7 +39,8 @@ def broken_folder(tmp_path_factory):
   sf.write(p("good_6ch_48k.flac"), _tone(2.5, 48000, 6), 48000)
   sf.write(p("good_8ch.wav"), _tone(2, 16000, 8), 16000)
   sf.write(p("good.ogg"), _tone(2, 22050), 22050)
-  subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", p("good_stereo_44k.wav"), p("good.mp3")], check=True)
+  for ext in ("mp3", "m4a"):
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", p("good_stereo_44k.wav"), p("good." + ext)], check=True)
   # one hour at 8 kHz: only the segments taken may be read
   hour = np.zeros(3600 * 8000, np.int16)
   hour[:] = (3000 * np.sin(2 * np.pi * 220 * np.arange(hour.size) / 8000)).astype(np.int16)

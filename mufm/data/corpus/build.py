@@ -34,8 +34,7 @@ from mufm.data.corpus import captions
 from mufm.data.corpus.config import CorpusConfig
 from mufm.data.corpus.works import Work, list_works
 
-MANIFEST = "manifest.jsonl"
-REPORT = "report.json"
+from mufm.data.corpus.manifest import MANIFEST, REPORT
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -146,6 +145,11 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
   already = len(works) - len(todo)
   jobs = max(1, jobs or os.cpu_count() or 1)
   log(f"[corpus] config={cfg.name} works={len(works)} already_done={already} to_do={len(todo)} jobs={jobs}")
+
+  # Import the worker's modules (music21, scipy via pyloudnorm: seconds of imports) once,
+  # here, so every forked worker inherits them instead of importing them again.
+  from mufm.audio import io as _io  # noqa: F401
+  from mufm.data.corpus import render as _render, score as _score, variants as _variants  # noqa: F401
 
   ctx = mp.get_context("fork")
   running: dict = {}

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-from mufm.data.corpus.build import MANIFEST, REPORT
+MANIFEST = "manifest.jsonl"
+REPORT = "report.json"
 
 
 def read_manifest(corpus_dir: str) -> list[dict]:
