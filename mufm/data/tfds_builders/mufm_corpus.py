@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import soundfile as sf
@@ -62,9 +64,11 @@ class MufmCorpus(tfds.core.GeneratorBasedBuilder):
     from mufm.data.corpus.manifest import read_manifest
     corpus_dir = self._resolve_corpus_dir(dl_manager)
     if not os.path.exists(os.path.join(corpus_dir, "manifest.jsonl")):
-      from mufm.data.corpus.build import build
-      from mufm.data.corpus.config import get_config
-      build(get_config(self.builder_config.name), corpus_dir, jobs=self._build_jobs)
+      # A separate process: the build forks workers, and forking a process that runs
+      # TensorFlow's thread pools is asking for deadlocks.
+      cmd = [sys.executable, "-m", "mufm.data.corpus", "build", f"--config={self.builder_config.name}",
+             f"--out={corpus_dir}"] + ([f"--jobs={self._build_jobs}"] if self._build_jobs else [])
+      subprocess.run(cmd, check=True)
     records = read_manifest(corpus_dir)
     by_split = {split: [r for r in records if r["split"] == split] for split in ("train", "validation", "test")}
     return {split: self._generate_examples(corpus_dir, recs) for split, recs in by_split.items() if recs}
