@@ -3,6 +3,7 @@
 Layout of a built corpus directory::
 
   build_config.json          the CorpusConfig it was built with (a resume must match)
+  works.json                 the selected works with their splits (frozen at the first run)
   works/<work_id>.json       one marker per finished work: rendered (with its clips) or skipped
   audio/<work_id>/<variant>.flac   24 kHz mono 16-bit, loudness-normalised
   audio/<work_id>/<variant>.json   the clip's metadata record (caption, attributes, split ...)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import dataclasses
 import json
 import multiprocessing as mp
 import multiprocessing.connection
@@ -118,6 +120,20 @@ def _work_job(work: Work, cfg: CorpusConfig, out_dir: str, strip: bool, conn) ->
     conn.close()
 
 
+def _load_or_list_works(cfg: CorpusConfig, out_dir: str, limit: int | None) -> list[Work]:
+  """The work list of this build, frozen in works.json at the first run (a resume reuses
+  it rather than re-reading music21's metadata bundle, which takes seconds)."""
+  path = os.path.join(out_dir, "works.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved.get("limit") == limit:
+      return [Work(**w) for w in saved["works"]]
+  works = list_works(cfg, limit)
+  write_json_atomic(path, {"limit": limit, "works": [dataclasses.asdict(w) for w in works]})
+  return works
+
+
 class _Running:
   def __init__(self, work, attempt, proc, conn, deadline):
     self.work, self.attempt, self.proc, self.conn = work, attempt, proc, conn
@@ -139,7 +155,7 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
   shutil.rmtree(os.path.join(out_dir, "tmp"), ignore_errors=True)
   os.makedirs(os.path.join(out_dir, "tmp"))
 
-  works = list_works(cfg, limit)
+  works = _load_or_list_works(cfg, out_dir, limit)
   marker = lambda w: os.path.join(out_dir, "works", w.work_id + ".json")
   todo = deque(w for w in works if not os.path.exists(marker(w)))
   already = len(works) - len(todo)
@@ -148,8 +164,9 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
 
   # Import the worker's modules (music21, scipy via pyloudnorm: seconds of imports) once,
   # here, so every forked worker inherits them instead of importing them again.
-  from mufm.audio import io as _io  # noqa: F401
-  from mufm.data.corpus import render as _render, score as _score, variants as _variants  # noqa: F401
+  if todo:
+    from mufm.audio import io as _io  # noqa: F401
+    from mufm.data.corpus import render as _render, score as _score, variants as _variants  # noqa: F401
 
   ctx = mp.get_context("fork")
   running: dict = {}
