@@ -154,6 +154,10 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
   write_json_atomic(cfg_path, cfg.to_json())
   shutil.rmtree(os.path.join(out_dir, "tmp"), ignore_errors=True)
   os.makedirs(os.path.join(out_dir, "tmp"))
+  if os.path.isdir(os.path.join(out_dir, "works")):  # half-written markers of a killed run
+    for f in os.listdir(os.path.join(out_dir, "works")):
+      if f.endswith(".tmp"):
+        os.remove(os.path.join(out_dir, "works", f))
 
   works = _load_or_list_works(cfg, out_dir, limit)
   marker = lambda w: os.path.join(out_dir, "works", w.work_id + ".json")
@@ -178,6 +182,10 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
   rendered_s = 0.0
 
   def start(work, attempt):
+    # No marker yet, so whatever a killed run left for this work (clips of some variants,
+    # temp files of a half-written FLAC) is partial: start it from nothing.
+    for sub in ("audio", "midi"):
+      shutil.rmtree(os.path.join(out_dir, sub, work.work_id), ignore_errors=True)
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_work_job, args=(work, cfg, out_dir, attempt > 0, child), daemon=True)
     proc.start()
