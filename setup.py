@@ -23,6 +23,12 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "tensorboard==2.21.0",
     "numpy>=2.0,<2.5",
+    # data: the embedded corpus (music21 scores -> fluidsynth) and audio decoding
+    "music21==10.5.1",
+    "soxr==1.1.0",
+    "pyloudnorm==0.2.0",
+    "scipy==1.17.1",
+    "importlib_resources==7.1.0",  # tensorflow-datasets imports it when preparing a builder
 ]
 
 EXTRAS_REQUIRE = {

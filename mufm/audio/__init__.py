@@ -1,1 +1,6 @@
-"""mufm.audio."""
+"""Audio utilities with no model code: I/O, checked decoding, resampling, loudness, features.
+
+Import the submodules: `mufm.audio.io`, `decode`, `resample`, `loudness`, `features`.
+None of them imports TensorFlow or JAX.
+"""
+SAMPLE_RATE = 24000
