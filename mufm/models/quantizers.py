@@ -6,7 +6,8 @@ nearest code; the quantized vector is the sum over the levels used.
 Training-time behaviour (`train=True`, all randomness from the explicit `key`):
 - codebooks are not trained by gradients: they are exponential moving averages (decay 0.99)
   of the frames assigned to each code (counts and sums, Laplace-smoothed);
-- each level is initialised by k-means on the residuals of the first training batch;
+- each level is initialised by k-means (k-means++ seeding) on the residuals of the first
+  training batch;
 - a code whose EMA count falls below `dead_threshold` is restarted at a random (active)
   frame of the batch, with its count set to the threshold so it gets a fair chance;
 - quantizer dropout: each example draws n_q uniformly in [1, N]; levels >= n_q are masked
@@ -50,12 +51,34 @@ def _sample_frames(key, x: jax.Array, weights: jax.Array, n: int) -> jax.Array:
     return x[idx]
 
 
+def kmeans_plus_plus(key, x: jax.Array, weights: jax.Array, k: int) -> jax.Array:
+    """k-means++ seeding: each next centre is a frame drawn with probability proportional
+    to weight x squared distance to the nearest centre so far (O(k * M * D), sequential)."""
+    first_key, key = jax.random.split(key)
+    first = _sample_frames(first_key, x, weights, 1)[0]
+    centroids = jnp.zeros((k, x.shape[-1]), x.dtype).at[0].set(first)
+    nearest = jnp.sum(jnp.square(x - first), -1)
+
+    def pick(i, carry):
+        centroids, nearest = carry
+        score = nearest * weights
+        # All active frames already coincide with centres: fall back to uniform picks.
+        logits = jnp.where(score > 0, jnp.log(jnp.maximum(score, 1e-30)), -jnp.inf)
+        logits = jnp.where(jnp.any(score > 0), logits, jnp.where(weights > 0, 0.0, -jnp.inf))
+        logits = jnp.where(jnp.any(jnp.isfinite(logits)), logits, 0.0)
+        c = x[jax.random.categorical(jax.random.fold_in(key, i), logits)]
+        return centroids.at[i].set(c), jnp.minimum(nearest, jnp.sum(jnp.square(x - c), -1))
+
+    return jax.lax.fori_loop(1, k, pick, (centroids, nearest))[0]
+
+
 def kmeans(key, x: jax.Array, weights: jax.Array, k: int, iters: int):
-    """Weighted Lloyd's k-means, initialised at k random active frames.
+    """Weighted Lloyd's k-means with k-means++ seeding (random seeding often puts two
+    centres in one cluster, which Lloyd's iterations never undo).
 
     Returns (centroids [k, D], cluster sizes [k]). Empty clusters keep their centroid.
     """
-    centroids = _sample_frames(key, x, weights, k)
+    centroids = kmeans_plus_plus(key, x, weights, k)
 
     def assign(c):
         onehot = jax.nn.one_hot(jnp.argmin(_sq_distances(x, c), -1), k, dtype=x.dtype)
