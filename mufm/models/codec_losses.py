@@ -52,7 +52,9 @@ def multiscale_mel_loss(real: jax.Array, fake: jax.Array, cfg: CodecLossConfig) 
         my = mel_spectrogram(fake.astype(jnp.float32), **kw)
         l1 = jnp.mean(jnp.abs(mx - my))
         dlog = jnp.log(mx + 1e-5) - jnp.log(my + 1e-5)
-        l2log = jnp.mean(jnp.sqrt(jnp.sum(dlog ** 2, -1) + 1e-9))
+        sq = jnp.sum(dlog ** 2, -1)
+        # A safe norm: exactly 0 for identical frames, and no NaN gradient there.
+        l2log = jnp.mean(jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0))
         alpha = math.sqrt(s / 2) if cfg.mel_log_alpha else 1.0
         total = total + l1 + alpha * l2log
     return total
