@@ -156,3 +156,21 @@ def test_tiny_codec_overfits_one_clip():
     score = si_snr(clip, np.asarray(recon[0], np.float64))
     print(f"overfit SI-SNR {score:.1f} dB after {steps} steps")
     assert score > 15.0, score
+
+
+@pytest.mark.parametrize("name,channels,compress,dtype", [
+    ("tiny", 8, 2, "float32"), ("base", 16, 2, "float32"), ("paper", 32, 1, "bfloat16")])
+def test_model_gin_files_bind_the_configs(name, channels, compress, dtype):
+    from mufm.models.codec_losses import CodecLossConfig
+    from mufm.models.discriminators import DiscriminatorConfig
+    gin.clear_config()
+    try:
+        gin.parse_config_file(f"configs/models/codec_{name}.gin")
+        cfg = CodecConfig()
+        assert (cfg.channels, cfg.residual_compress, cfg.dtype) == (channels, compress, dtype)
+        assert (cfg.num_levels, cfg.codebook_size, cfg.frame_rate) == (12, 1024, 50.0)
+        assert cfg.bitrate() == 6000.0
+        assert CodecLossConfig().feature_matching_weight == 100.0
+        assert DiscriminatorConfig().stft_window == 1024
+    finally:
+        gin.clear_config()
