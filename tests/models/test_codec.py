@@ -9,7 +9,6 @@ from flax import nnx
 
 from mufm.models.codec import CodecConfig, apply_codec, build_codec, split_codec
 from mufm.models.codec_losses import CodecLossConfig, multiscale_mel_loss
-from mufm.models.quantizers import CodebookState
 from mufm.parallel.mesh import DEFAULT_RULES
 
 TINY = CodecConfig(channels=4, embedding_dim=16, num_levels=4, codebook_size=32)  # = conftest

@@ -1,6 +1,5 @@
 """Tokenizer API: jitted encode/decode for any number of levels, chunked == unchunked."""
 import numpy as np
-import jax
 import jax.numpy as jnp
 
 from mufm.models.codec_tokenizer import decode, decode_chunked, encode, encode_chunked
