@@ -1,0 +1,205 @@
+"""Codec speed: `python -m mufm.bench.codec [--configs tiny,base,paper] [--seconds 30]
+[--batches 1,8] [--audio file.wav] [--no-profile]`.
+
+For each model config (configs/models/codec_<name>.gin) it prints the encode and decode
+real-time factors (seconds of audio per second of compute; higher is faster) on `seconds`
+of audio at each batch size, and the achieved FLOP/s of encode+decode divided by the FLOP/s
+of a 2048^3 fp32 jitted matmul measured in the same process. Then, for the paper config,
+where the time goes (each encoder/decoder stage and the quantizer, jitted and timed alone).
+The last line is `paper_rtf=<float> ratio_to_matmul_peak=<float>` (batch = the largest).
+
+FLOP counting is analytic: every conv costs 2 * K * Cin/groups * Cout * T_out (T_out its
+output length; a stride-s transposed conv is counted as 2 * K * Cin * Cout * T_in, the
+work of a direct implementation), plus 2 * K_codes * D per frame and level for the RVQ
+distances. Elementwise work (ELU, bias, residual adds) is not counted.
+
+Audio: the given WAV (mono-mixed, resampled by FFT to 24 kHz, tiled to length) or, by
+default, a synthetic mixture of harmonic tones, an amplitude envelope and noise (the speed
+of a conv net does not depend on what the audio sounds like). Programs are compiled ahead
+of time (`lower().compile()`) so timings never include compilation.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mufm.layers.seanet import elu
+from mufm.models.codec import CodecConfig, build_codec, split_codec
+from mufm.models.codec_losses import CodecLossConfig  # noqa: F401  (gin files bind it)
+from mufm.models.discriminators import DiscriminatorConfig  # noqa: F401
+
+SAMPLE_RATE = 24_000
+
+
+def load_config(name: str) -> CodecConfig:
+    gin.clear_config()
+    gin.parse_config_file(os.path.join("configs", "models", f"codec_{name}.gin"))
+    try:
+        return CodecConfig()
+    finally:
+        gin.clear_config()
+
+
+def test_audio(seconds: float, batch: int, path: str | None = None) -> np.ndarray:
+    n = int(seconds * SAMPLE_RATE)
+    if path:
+        import soundfile as sf
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        data = data.mean(1)
+        if sr != SAMPLE_RATE:
+            spec = np.fft.rfft(data)
+            m = int(round(len(data) * SAMPLE_RATE / sr))
+            data = np.fft.irfft(spec[:m // 2 + 1], m) * (m / len(data))
+        wave = np.resize(data, n)
+    else:
+        rng = np.random.default_rng(0)
+        t = np.arange(n) / SAMPLE_RATE
+        wave = sum(0.1 / k * np.sin(2 * np.pi * 220.0 * k * t) for k in range(1, 8))
+        wave = wave * (0.6 + 0.4 * np.sin(2 * np.pi * 0.5 * t)) + 0.01 * rng.normal(size=n)
+    return np.broadcast_to(wave.astype(np.float32), (batch, n)).copy()
+
+
+def timed(compiled, *args, repeats: int = 1) -> float:
+    """Best wall time of `repeats` runs of an AOT-compiled function."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.matmul).lower(a, b).compile()
+    return 2.0 * n ** 3 / timed(mm, a, b, repeats=repeats)
+
+
+def bench_config(name: str, cfg: CodecConfig, seconds: float, batches, audio_path, matmul):
+    model = build_codec(cfg)
+    graphdef, params, state = split_codec(model)
+    flops = model.flops(int(seconds * SAMPLE_RATE))
+    enc_flops = flops["encoder"] + flops["quantizer"]
+    dec_flops = flops["decoder"]  # the RVQ lookup-and-sum is gathers and adds: not counted
+
+    def encode(params, state, wave):
+        return nnx.merge(graphdef, params, state).encode(wave)
+
+    def decode(params, state, codes):
+        return nnx.merge(graphdef, params, state).decode(codes)
+
+    results = {}
+    for b in batches:
+        wave = jnp.asarray(test_audio(seconds, b, audio_path))
+        enc = jax.jit(encode).lower(params, state, wave).compile()
+        codes = enc(params, state, wave)
+        dec = jax.jit(decode).lower(params, state, codes).compile()
+        # Best of several runs: the machine is shared, and one slow run says more about the
+        # neighbours than about the codec.
+        repeats = 3 if name != "paper" else 2
+        t_enc = timed(enc, params, state, wave, repeats=repeats)
+        t_dec = timed(dec, params, state, codes, repeats=repeats)
+        audio = seconds * b
+        achieved = b * (enc_flops + dec_flops) / (t_enc + t_dec)
+        results[b] = dict(enc_rtf=audio / t_enc, dec_rtf=audio / t_dec, rtf=audio / (t_enc + t_dec),
+                          flops=achieved, ratio=achieved / matmul)
+        print(f"{name:5s} C={cfg.channels:<3d} batch={b}: encode rtf={audio / t_enc:8.2f} "
+              f"decode rtf={audio / t_dec:8.2f} enc+dec rtf={audio / (t_enc + t_dec):8.2f} "
+              f"({t_enc:.2f}+{t_dec:.2f} s)  {achieved / 1e9:6.1f} GFLOP/s = "
+              f"{achieved / matmul:.3f} x matmul", flush=True)
+    gflop_per_s_audio = (enc_flops + dec_flops) / seconds / 1e9
+    print(f"{name:5s} model FLOPs per second of audio: encoder {flops['encoder'] / seconds / 1e9:.2f} G, "
+          f"quantizer {flops['quantizer'] / seconds / 1e9:.3f} G, decoder "
+          f"{flops['decoder'] / seconds / 1e9:.2f} G (enc+dec {gflop_per_s_audio:.2f} GFLOP)")
+    return model, results
+
+
+def _stage(module, fn):
+    """A jittable (state, x) -> y for `fn(module, x)`, weights passed as arguments (not
+    baked into the program as constants, as in the real encode/decode)."""
+    graphdef, state = nnx.split(module)
+    return state, lambda st, x: fn(nnx.merge(graphdef, st), x)
+
+
+def profile(model, seconds: float, batch: int, audio_path, matmul):
+    """Times each stage alone (its own jitted program on its real input) and prints its
+    share of the summed time and its FLOP/s."""
+    cfg = model.cfg
+    enc, dec, rvq = model.encoder, model.decoder, model.quantizer
+    call = lambda m, v: m(v)
+    head = lambda m, v: m(elu(v))
+    x = jnp.asarray(test_audio(seconds, batch, audio_path))[..., None]
+    t_in = x.shape[1]
+    pieces = [("enc.stem", enc.stem, call, enc.stem.flops(t_in))]
+    for i, blk in enumerate(enc.blocks):
+        pieces.append((f"enc.block{i} (/{blk.down.stride}, C={blk.down.shape[1]})", blk, call,
+                       blk.flops(t_in)))
+        t_in //= blk.down.stride
+    pieces.append(("enc.head", enc.head, head, enc.head.flops(t_in)))
+    frames = t_in
+    pieces.append(("rvq.encode", rvq, lambda m, v: m.encode(v.astype(jnp.float32)),
+                   2 * cfg.codebook_size * cfg.embedding_dim * frames * cfg.num_levels))
+    pieces.append(("rvq.decode", rvq, lambda m, v: m.decode(v), 0))
+    t = frames
+    pieces.append(("dec.stem", dec.stem, call, dec.stem.flops(t)))
+    for i, blk in enumerate(dec.blocks):
+        pieces.append((f"dec.block{i} (x{blk.up.stride}, C={blk.up.shape[2]})", blk, call,
+                       blk.flops(t)))
+        t *= blk.up.stride
+    pieces.append(("dec.head", dec.head, head, dec.head.flops(t)))
+    rows, total = [], 0.0
+    for label, module, fn, fl in pieces:
+        state, f = _stage(module, fn)
+        compiled = jax.jit(f).lower(state, x).compile()
+        secs = timed(compiled, state, x, repeats=2)
+        x = compiled(state, x)
+        rows.append((label, secs, fl * batch))
+        total += secs
+    print(f"profile (paper config, batch {batch}, {seconds:g} s of audio; stages jitted alone):")
+    for label, secs, fl in rows:
+        rate = fl / secs if fl else 0.0
+        print(f"  {label:30s} {secs:7.3f} s {100 * secs / total:5.1f}%  {rate / 1e9:7.1f} GFLOP/s "
+              f"({rate / matmul:.2f} x matmul)")
+    print(f"  {'sum':30s} {total:7.3f} s")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="tiny,base,paper")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--audio", default=None, help="a WAV file to use instead of synthetic audio")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile-seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} cpus, "
+          f"load average {os.getloadavg()[0]:.1f})", flush=True)
+    matmul = matmul_flops_per_second()
+    print(f"2048^3 fp32 jitted matmul: {matmul / 1e9:.1f} GFLOP/s", flush=True)
+    last = None
+    for name in args.configs.split(","):
+        cfg = load_config(name)
+        model, results = bench_config(name, cfg, args.seconds, batches, args.audio, matmul)
+        if name == "paper":
+            last = results[max(batches)]
+            if not args.no_profile:
+                profile(model, args.profile_seconds, 1, args.audio, matmul)
+    if last is None:
+        last = results[max(batches)]
+        print("(paper config not run: the final line reports the last config)")
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (timings are best-of-N; a busy "
+          f"machine lowers both the RTFs and the matmul reference)")
+    print(f"paper_rtf={last['rtf']:.4f} ratio_to_matmul_peak={last['ratio']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
