@@ -1,5 +1,10 @@
 """Multi-head self-attention with RoPE or an additive bias, and a KV cache for decoding.
 
+Training and scoring can run the causal attention in query blocks (`query_block`): block i
+attends only to keys [0, end of block i), skipping key blocks the causal mask would zero.
+The result is the same; the work is (n+1)/(2n) of the full T x T product for n blocks and
+the score tiles are smaller (on CPU it halves attention time at T=1024).
+
 The cache is a plain dict of arrays {"k", "v": [batch, max_len, heads, head_dim]} passed in
 and returned, so decoding loops stay pure functions. Writing at `index` and attending over
 all `max_len` slots (masked by position) serves prefill (t tokens) and steps (1 token)
@@ -20,6 +25,40 @@ from mufm.parallel.logical import constrain
 NEG_INF = -1e9  # large finite: fully-masked rows (padding) stay finite instead of NaN
 
 
+def causal_key_counts(seq_len: int, query_block: int) -> list[tuple[int, int]]:
+    """(queries, keys) per query block of a causal attention over seq_len tokens."""
+    if query_block <= 0 or query_block >= seq_len:
+        return [(seq_len, seq_len)]
+    return [(min(s + query_block, seq_len) - s, min(s + query_block, seq_len))
+            for s in range(0, seq_len, query_block)]
+
+
+def _attend(q, k, v, bias, dropout_rate, key):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    weights = jax.nn.softmax(logits + bias, axis=-1).astype(v.dtype)
+    weights = dropout(weights, dropout_rate, key)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, *,
+                   query_block: int = 0, dropout_rate: float = 0.0,
+                   key: jax.Array | None = None) -> jax.Array:
+    """softmax(q k^T + bias) v for q [b, t, h, d] (already scaled), k/v [b, s, h, d].
+
+    With `query_block`, the attention must be causal over a prefix (s == t): block i only
+    meets the keys up to its last query, since later keys are masked for all of it.
+    """
+    if not query_block:
+        return _attend(q, k, v, bias, dropout_rate, key)
+    ctxs, start = [], 0
+    for i, (n_q, n_k) in enumerate(causal_key_counts(q.shape[1], query_block)):
+        block_key = None if key is None else jax.random.fold_in(key, i)
+        ctxs.append(_attend(q[:, start:start + n_q], k[:, :n_k], v[:, :n_k],
+                            bias[..., start:start + n_q, :n_k], dropout_rate, block_key))
+        start += n_q
+    return jnp.concatenate(ctxs, axis=1)
+
+
 def init_cache(batch: int, max_len: int, num_heads: int, head_dim: int, dtype) -> dict:
     shape = (batch, max_len, num_heads, head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
@@ -28,7 +67,8 @@ def init_cache(batch: int, max_len: int, num_heads: int, head_dim: int, dtype) -
 class Attention(nnx.Module):
     def __init__(self, d_model: int, num_heads: int, head_dim: int, *, use_rope: bool,
                  rope_max_wavelength: float = 10_000.0, dropout_rate: float = 0.0,
-                 dtype=jnp.float32, out_init_scale: float = 1.0, rngs: nnx.Rngs):
+                 dtype=jnp.float32, out_init_scale: float = 1.0, query_block: int = 0,
+                 rngs: nnx.Rngs):
         proj = lambda: Dense((d_model,), (num_heads, head_dim), in_axes=("embed",),
                              out_axes=("heads", "kv"), dtype=dtype, rngs=rngs)
         self.query, self.key, self.value = proj(), proj(), proj()
@@ -37,6 +77,7 @@ class Attention(nnx.Module):
         self.use_rope, self.rope_max_wavelength = use_rope, rope_max_wavelength
         self.dropout_rate, self.dtype = dropout_rate, dtype
         self.head_dim = head_dim
+        self.query_block = query_block
 
     def __call__(self, x: jax.Array, *, positions: jax.Array, bias: jax.Array,
                  key: jax.Array | None = None, cache: dict | None = None,
@@ -55,9 +96,9 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             cache = {"k": k, "v": v}
         q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype)).astype(jnp.float32)
-        weights = jax.nn.softmax(logits + bias, axis=-1).astype(self.dtype)
-        weights = dropout(weights, self.dropout_rate, key)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
+        # With a cache, keys are cache slots rather than a causal prefix: no query blocks.
+        ctx = attention_core(q, k.astype(q.dtype), v.astype(self.dtype), bias,
+                             query_block=0 if cache is not None else self.query_block,
+                             dropout_rate=self.dropout_rate, key=key)
         ctx = constrain(ctx, axes)
         return checkpoint_name(self.out(ctx), "out_proj"), cache

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mufm.layers.attention import NEG_INF, Attention, init_cache
+from mufm.layers.attention import NEG_INF, Attention, causal_key_counts, init_cache
 from mufm.layers.dropout import dropout
 from mufm.layers.linear import Dense, Embed
 from mufm.layers.mlp import MLP
@@ -45,6 +45,9 @@ class LMConfig:
     scan_layers: bool = True
     remat_policy: str = "none"
     tie_embeddings: bool = False
+    # > 0: causal attention in query blocks of this size, skipping masked key blocks
+    # (mufm.layers.attention); 0: the full seq x seq product.
+    attention_query_block: int = 0
 
     def __post_init__(self):
         if self.position not in ("rope", "relative"):
@@ -81,11 +84,14 @@ def train_flops_per_token(cfg: LMConfig, seq_len: int) -> float:
     """Model FLOPs of one training token (forward + backward, no remat recompute).
 
     6 * N_matmul (2 per multiply-add forward, 4 backward) plus attention scores and
-    weighted sum: forward 2 * 2 * seq_len * heads * head_dim per layer, x3 for training
-    (PaLM, appendix B). The full seq_len x seq_len product is counted because the
-    implementation computes it, masked.
+    weighted sum: forward 2 * 2 * keys * heads * head_dim per layer, x3 for training
+    (PaLM, appendix B), where `keys` is the mean number of keys a query is multiplied with
+    as the implementation runs it: seq_len for the full masked product, fewer with causal
+    query blocks (`attention_query_block`), which skip fully masked key blocks.
     """
-    attn = 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.kv_dim
+    blocks = causal_key_counts(seq_len, cfg.attention_query_block)
+    mean_keys = sum(n_q * n_k for n_q, n_k in blocks) / seq_len
+    attn = 12 * cfg.num_layers * mean_keys * cfg.num_heads * cfg.kv_dim
     return 6.0 * param_count(cfg)["matmul"] + attn
 
 
@@ -97,7 +103,8 @@ class Block(nnx.Module):
         self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_dim, use_rope=cfg.position == "rope",
                               rope_max_wavelength=cfg.rope_max_wavelength,
                               dropout_rate=cfg.dropout_rate, dtype=dtype,
-                              out_init_scale=out_scale, rngs=rngs)
+                              out_init_scale=out_scale, query_block=cfg.attention_query_block,
+                              rngs=rngs)
         self.mlp_norm = RMSNorm(cfg.d_model, dtype=dtype, rngs=rngs)
         self.mlp = MLP(cfg.d_model, cfg.d_ff, activation=cfg.activation, dropout_rate=cfg.dropout_rate,
                        dtype=dtype, out_init_scale=out_scale, rngs=rngs)
