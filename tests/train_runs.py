@@ -55,6 +55,11 @@ def checkpoint_steps(model_dir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(d) if n.isdigit())
 
 
+def path_name(path) -> str:
+    """'blocks/0/mlp/wi/kernel' whether list indices come back as ints or strings."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
 def restored_params(model_dir: str, step: int) -> dict[str, np.ndarray]:
     """Flattened {path: array} of the parameters saved at `step` (no target needed)."""
     import jax
@@ -62,5 +67,4 @@ def restored_params(model_dir: str, step: int) -> dict[str, np.ndarray]:
 
     path = os.path.join(model_dir, "checkpoints", str(step), "state")
     tree = ocp.StandardCheckpointer().restore(path)
-    return {jax.tree_util.keystr(k): np.asarray(v)
-            for k, v in jax.tree_util.tree_leaves_with_path(tree["params"])}
+    return {path_name(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree["params"])}

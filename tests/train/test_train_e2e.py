@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train_runs import REPO, checkpoint_steps, restored_params, run_train, scalars, train_cmd, train_env
+from tests.train_runs import (REPO, checkpoint_steps, path_name, restored_params, run_train, scalars,
+                              train_cmd, train_env)
 
 pytestmark = pytest.mark.slow
 
@@ -118,8 +119,8 @@ def test_checkpoint_restores_on_another_mesh(two_meshes, source, ici):
     biggest = max(jax.tree.leaves(state.params), key=lambda a: a.size)
     assert len(biggest.sharding.device_set) == int(np.prod(ici))
     saved = restored_params(model_dir, 20)
-    got = {jax.tree_util.keystr(k): np.asarray(v)
-           for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+    got = {path_name(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+    assert saved.keys() == got.keys()
     for k in saved:
         np.testing.assert_array_equal(saved[k], got[k], err_msg=k)
 
