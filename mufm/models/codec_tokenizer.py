@@ -45,6 +45,47 @@ def decode(graphdef, params, codebook_state, codes: jax.Array):
     return nnx.merge(graphdef, params, codebook_state).decode(codes)
 
 
+class BadAudioError(ValueError):
+    """A waveform or code array the codec cannot take, with the reason."""
+
+
+def check_waveform(waveform, *, sample_rate: int | None = None, expected_rate: int = 24000) -> np.ndarray:
+    """Host-side validation before encoding: float [batch, samples], finite, non-empty, at
+    the codec's rate. The jitted `encode` cannot look at values, so entry points call this."""
+    if sample_rate is not None and int(sample_rate) != expected_rate:
+        raise BadAudioError(f"audio is at {sample_rate} Hz but the codec takes {expected_rate} Hz: "
+                            f"resample first (mufm.audio.resample)")
+    arr = np.asarray(waveform)
+    if arr.dtype.kind not in "fiu":
+        raise BadAudioError(f"waveform must be numeric, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise BadAudioError(f"waveform must be [batch, samples] (mono; downmix first), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise BadAudioError(f"waveform is empty: shape {arr.shape}")
+    if arr.dtype.kind in "iu":
+        raise BadAudioError(f"waveform must be float in [-1, 1], got integer dtype {arr.dtype} "
+                            f"(divide int16 PCM by 32768)")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = sorted(set(np.nonzero(bad)[0].tolist()))[:5]
+        raise BadAudioError(f"waveform holds {int(bad.sum())} NaN/Inf samples (batch rows {rows})")
+    return arr.astype(np.float32, copy=False)
+
+
+def check_codes(codes, *, num_levels: int, codebook_size: int) -> np.ndarray:
+    """Host-side validation before decoding: int [batch, frames, q'] with q' <= N, 0 <= code < K."""
+    arr = np.asarray(codes)
+    if arr.dtype.kind not in "iu":
+        raise BadAudioError(f"codes must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 3:
+        raise BadAudioError(f"codes must be [batch, frames, levels], got shape {arr.shape}")
+    if not 1 <= arr.shape[2] <= num_levels:
+        raise BadAudioError(f"codes carry {arr.shape[2]} levels; the codec has 1..{num_levels}")
+    if arr.size and (arr.min() < 0 or arr.max() >= codebook_size):
+        raise BadAudioError(f"codes must lie in [0, {codebook_size}), got [{arr.min()}, {arr.max()}]")
+    return arr.astype(np.int32, copy=False)
+
+
 def _windows(total: int, chunk: int, context: int):
     """Yields (window_start, keep_from, keep_to) in frames; every window spans
     context + chunk frames (the first starts at 0 and keeps everything it covers)."""
@@ -72,9 +113,7 @@ def encode_chunked(graphdef, params, codebook_state, waveform, *, num_levels: in
     """
     cfg, lookback, _ = _shape_of(graphdef, params, codebook_state)
     context = math.ceil(lookback / cfg.hop) if context_frames is None else int(context_frames)
-    waveform = np.asarray(waveform, np.float32)
-    if waveform.ndim != 2:
-        raise ValueError(f"waveform must be [batch, samples], got shape {waveform.shape}")
+    waveform = check_waveform(waveform, expected_rate=cfg.sample_rate)
     b, n = waveform.shape
     total = -(-n // cfg.hop)
     width = context + chunk_frames
@@ -98,9 +137,7 @@ def decode_chunked(graphdef, params, codebook_state, codes, *, chunk_frames: int
     `context_frames` defaults to the decoder look-back."""
     cfg, _, lookback = _shape_of(graphdef, params, codebook_state)
     context = lookback if context_frames is None else int(context_frames)
-    codes = np.asarray(codes, np.int32)
-    if codes.ndim != 3:
-        raise ValueError(f"codes must be [batch, frames, levels], got shape {codes.shape}")
+    codes = check_codes(codes, num_levels=cfg.num_levels, codebook_size=cfg.codebook_size)
     b, total, q = codes.shape
     width = context + chunk_frames
     padded = np.zeros((b, total + width, q), np.int32)
