@@ -12,7 +12,6 @@ The batch is random tokens: this measures the step, not the input pipeline.
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 
 import jax
@@ -21,12 +20,13 @@ import numpy as np
 
 from mufm import gin_flags
 from mufm.bench.matmul_peak import matmul_flops_per_s
-from mufm.models.lm import LMConfig, StageLM, param_count, train_flops_per_token
+from mufm.data.pipeline import DataConfig
+from mufm.models.lm import LMConfig, param_count, train_flops_per_token
 from mufm.parallel.logical import sharding_context
-from mufm.parallel.mesh import DEFAULT_RULES, MeshConfig, build_mesh
-from mufm.train.optim import OptimizerConfig, make_optimizer
-from mufm.train.state import create_train_state, merge_model
-from mufm.train.step import StepConfig, train_step
+from mufm.parallel.mesh import MeshConfig
+from mufm.train.loop import RunConfig, build_program
+from mufm.train.optim import OptimizerConfig
+from mufm.train.state import initialize, merge_model
 
 DEFAULT_SHAPES = {"tiny": (16, 128), "small": (8, 512), "base": (8, 1024), "musiclm": (1, 1024)}
 
@@ -94,15 +94,17 @@ def main(argv=None) -> None:
     cfg = load_model_config(args.config, args.gin)
 
     peak_before = matmul_flops_per_s()
-    mesh = build_mesh(MeshConfig(ici_parallelism=(1, 1, 1)), jax.devices()[:1])
-    tx, sched = make_optimizer(OptimizerConfig(), 1000)
-    with sharding_context(mesh, DEFAULT_RULES):
-        state, shardings, spec = create_train_state(lambda r: StageLM(cfg, rngs=r), tx, mesh,
-                                                    DEFAULT_RULES, 0)
-        step = jax.jit(functools.partial(train_step, spec=spec, tx=tx, schedule=sched, cfg=StepConfig()),
-                       donate_argnums=(0,))
+    # The training program itself (same jitted, donated, sharded step as `train()`), on one
+    # device: XLA:CPU spreads a single device's ops over every core.
+    program = build_program(
+        cfg, DataConfig(sequence_length=seq, batch_size=batch, pack=False), OptimizerConfig(),
+        MeshConfig(ici_parallelism=(1, 1, 1)), RunConfig(model_dir="", train_steps=1000),
+        devices=jax.devices()[:1])
+    spec = program.spec
+    with sharding_context(program.mesh, program.rules):
+        state = initialize(program.make_model, program.tx, program.shardings, seed=0)
         data = random_batch(batch, seq, cfg.vocab_size)
-        step_s, state = time_steps(step, state, data, args.steps)
+        step_s, state = time_steps(program.train_step, state, data, args.steps)
 
         # Where the time goes: the forward pass alone, and the step's matmuls alone.
         fwd = jax.jit(lambda p, x: merge_model(spec, p)(x).sum())

@@ -24,7 +24,7 @@ from mufm.parallel.mesh import MeshConfig, build_mesh
 from mufm.parallel.multihost import batch_sharding, global_batch, maybe_initialize_distributed
 from mufm.train.checkpoint import CheckpointConfig, Checkpointer, write_gin_config
 from mufm.train.optim import OptimizerConfig, make_optimizer
-from mufm.train.state import ModelSpec, TrainState, abstract_state, init_fn
+from mufm.train.state import ModelSpec, TrainState, abstract_state, initialize
 from mufm.train.step import StepConfig, eval_step, summarize, train_step
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,7 @@ def train(model: LMConfig = gin.REQUIRED, data: DataConfig = gin.REQUIRED,
             state, data_pos = ckpt.restore(latest, program.abstract)
             log.info("resumed from step %d (input position %s)", latest, data_pos)
         else:
-            state = jax.jit(init_fn(program.make_model, program.tx),
-                            out_shardings=shardings)(jax.random.key(run.seed))
+            state = initialize(program.make_model, program.tx, shardings, run.seed)
         start = int(state.step)
         write_gin_config(run.model_dir, gin.operative_config_str())
 

@@ -90,18 +90,6 @@ def state_shardings(abstract: TrainState, spec: ModelSpec, mesh: Mesh, rules: Ru
                       nonfinite_skipped=replicated, nonfinite_streak=replicated)
 
 
-def create_train_state(make_model, tx, mesh: Mesh, rules: Rules, seed: int
-                       ) -> tuple[TrainState, TrainState, ModelSpec]:
-    """(state, its shardings, model spec), every array created in place on the mesh."""
-    spec = model_spec(make_model)
-    init = init_fn(make_model, tx)
-    key = jax.random.key(seed)
-    abstract = jax.eval_shape(init, key)
-    shardings = state_shardings(abstract, spec, mesh, rules)
-    state = jax.jit(init, out_shardings=shardings)(key)
-    return state, shardings, spec
-
-
 def abstract_state(make_model, tx, mesh: Mesh, rules: Rules, seed: int = 0
                    ) -> tuple[TrainState, TrainState, ModelSpec]:
     """Shapes + shardings only (checkpoint restore targets, AOT compilation)."""
@@ -111,3 +99,15 @@ def abstract_state(make_model, tx, mesh: Mesh, rules: Rules, seed: int = 0
     with_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                            abstract, shardings)
     return with_sh, shardings, spec
+
+
+def initialize(make_model, tx, shardings: TrainState, seed: int) -> TrainState:
+    """A fresh state, every array created in place in its shards."""
+    return jax.jit(init_fn(make_model, tx), out_shardings=shardings)(jax.random.key(seed))
+
+
+def create_train_state(make_model, tx, mesh: Mesh, rules: Rules, seed: int
+                       ) -> tuple[TrainState, TrainState, ModelSpec]:
+    """(state, its shardings, model spec), every array created in place on the mesh."""
+    _, shardings, spec = abstract_state(make_model, tx, mesh, rules, seed)
+    return initialize(make_model, tx, shardings, seed), shardings, spec

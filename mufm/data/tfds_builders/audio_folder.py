@@ -37,18 +37,8 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "waveform": F.waveform_feature(),
-            "sample_rate": tfds.features.Scalar(dtype=np.int32),
-            "caption": tfds.features.Text(),
-            "clip_id": tfds.features.Text(),
-            "file": tfds.features.Text(),
-            "start_s": tfds.features.Scalar(dtype=np.float32),
-            # captions-file columns named like corpus attributes (key, bpm, ...) land here
-            "attributes": F.corpus_attributes_feature(),
-            # every column of the captions file, as JSON text
-            "attributes_json": tfds.features.Text(),
-        }),
+        features=F.clip_features(file=tfds.features.Text(),
+                                 start_s=tfds.features.Scalar(dtype=np.float32)),
         supervised_keys=None,
     )
 

@@ -27,6 +27,21 @@ def corpus_attributes_feature() -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict(spec)
 
 
+def clip_features(**extra: tfds.features.FeatureConnector) -> tfds.features.FeaturesDict:
+  """The features every clip builder shares (so their tasks mix), plus builder-specific ones."""
+  return tfds.features.FeaturesDict({
+      "waveform": waveform_feature(),
+      "sample_rate": tfds.features.Scalar(dtype=np.int32),
+      "caption": tfds.features.Text(),
+      "clip_id": tfds.features.Text(),
+      # typed attributes a generated clip can be checked against (key, bpm, ...)
+      "attributes": corpus_attributes_feature(),
+      # every attribute / captions-file column, as JSON text
+      "attributes_json": tfds.features.Text(),
+      **extra,
+  })
+
+
 def corpus_attributes_example(attrs: dict) -> dict:
   """Typed attribute fields from a dict; absent ones are "" / 0 (e.g. a user's folder)."""
   out = {}

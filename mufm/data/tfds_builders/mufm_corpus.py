@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import soundfile as sf
 import tensorflow_datasets as tfds
 
@@ -39,16 +38,7 @@ class MufmCorpus(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "waveform": F.waveform_feature(),
-            "sample_rate": tfds.features.Scalar(dtype=np.int32),
-            "caption": tfds.features.Text(),
-            "clip_id": tfds.features.Text(),
-            "work_id": tfds.features.Text(),
-            "variant_id": tfds.features.Text(),
-            "attributes": F.corpus_attributes_feature(),
-            "attributes_json": tfds.features.Text(),  # every attribute of the record, as JSON
-        }),
+        features=F.clip_features(work_id=tfds.features.Text(), variant_id=tfds.features.Text()),
         supervised_keys=None,
         homepage="https://web.mit.edu/music21/",
     )
