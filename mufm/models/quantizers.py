@@ -44,11 +44,14 @@ def _sq_distances(x: jax.Array, codebook: jax.Array) -> jax.Array:
 
 
 def _sample_frames(key, x: jax.Array, weights: jax.Array, n: int) -> jax.Array:
-    """n frames of x [M, D] drawn with replacement among frames of positive weight."""
-    logits = jnp.where(weights > 0, 0.0, -jnp.inf)
-    logits = jnp.where(jnp.any(weights > 0), logits, 0.0)  # no active frame: any frame
-    idx = jax.random.categorical(key, logits, shape=(n,))
-    return x[idx]
+    """n frames of x [M, D] drawn uniformly with replacement among frames of positive
+    weight (any frame when none has). Draws n integers and binary-searches the running
+    count of active frames: a categorical draw would make n x M Gumbel variates."""
+    active = weights > 0
+    active = jnp.where(jnp.any(active), active, True)
+    running = jnp.cumsum(active.astype(jnp.int32))
+    rank = jax.random.randint(key, (n,), 0, running[-1])
+    return x[jnp.searchsorted(running, rank, side="right")]
 
 
 def kmeans_plus_plus(key, x: jax.Array, weights: jax.Array, k: int) -> jax.Array:
