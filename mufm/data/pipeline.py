@@ -1,4 +1,8 @@
-"""Batches for the trainer from any registered seqio Task or Mixture.
+"""Batches for the trainers from any registered seqio Task or Mixture.
+
+Token tasks (the stage LMs) go through `StageLMFeatureConverter` (`host_batches`); audio
+tasks (the codec) give fixed-length waveform crops (`host_audio_batches`), with
+`sequence_length` read as the crop length in samples.
 
 Each host reads its own shard (seqio ShardInfo: index = process index) and batches
 `global_batch / process_count` examples; `mufm.parallel.multihost` assembles the host-local
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import gin
 import jax
@@ -31,6 +35,11 @@ class DataConfig:
     task_modules: Sequence[str] = ("mufm.data.synthetic",)
     # Names of the stream ids a task marks in `targets_streams`, for per-stream metrics.
     stream_names: Sequence[str] = ()
+    # Tasks registered by gin calls, e.g. `[@register_corpus_task()]`. Gin evaluates them
+    # when DataConfig is built, i.e. after every file and --gin binding is parsed, so a
+    # binding like `register_corpus_task.corpus_dir = ...` takes effect (registration at
+    # module import would run before it). Only their side effect matters.
+    registrations: Sequence[Any] = ()
 
 
 def batch_feature_names(cfg: DataConfig) -> tuple[str, ...]:
@@ -106,4 +115,42 @@ def host_batches(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int
                  num_epochs: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     ds = make_dataset(cfg, split=split, shuffle=shuffle, start_batch=start_batch,
                       num_epochs=num_epochs)
+    return iter(ds.as_numpy_iterator())
+
+
+AUDIO_FEATURES = ("waveform", "waveform_length")
+
+
+def make_audio_dataset(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int = 0,
+                       num_epochs: int | None = None, drop_remainder: bool = True):
+    """Host-local batches of {waveform: float32 [b, crop], waveform_length: int32 [b]} from an
+    audio task (`mufm.data.tasks`), crops of `cfg.sequence_length` samples, positioned at
+    `start_batch` (deterministic for `cfg.seed`, like `make_dataset`). With
+    `drop_remainder=False` (a finite evaluation pass) the last batch may be smaller."""
+    import seqio
+    import tensorflow as tf
+
+    task = _task(cfg)
+    missing = [f for f in AUDIO_FEATURES if f not in task.output_features]
+    if missing:
+        raise ValueError(f"{cfg.mixture_or_task_name!r} is not an audio task: it has no {missing} "
+                         f"(its features: {sorted(task.output_features)})")
+    shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+    ds = task.get_dataset({"waveform": cfg.sequence_length}, split=split, shuffle=shuffle,
+                          num_epochs=num_epochs, shard_info=shard, seed=cfg.seed, use_cached=False)
+    ds = ds.map(lambda ex: {k: ex[k] for k in AUDIO_FEATURES},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(host_batch_size(cfg.batch_size), drop_remainder=drop_remainder)
+    if start_batch:
+        ds = ds.skip(start_batch)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(2)
+
+
+def host_audio_batches(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int = 0,
+                       num_epochs: int | None = None, drop_remainder: bool = True
+                       ) -> Iterator[dict[str, np.ndarray]]:
+    ds = make_audio_dataset(cfg, split=split, shuffle=shuffle, start_batch=start_batch,
+                            num_epochs=num_epochs, drop_remainder=drop_remainder)
     return iter(ds.as_numpy_iterator())

@@ -51,9 +51,23 @@ def audio_output_features() -> dict:
 
 
 class SplitTaggedTfdsSource(seqio.TfdsDataSource):
-  """A TfdsDataSource whose examples carry their split name (train crops randomly, eval not)."""
+  """A TfdsDataSource whose examples carry their split name (train crops randomly, eval not),
+  and that prepares its TFDS dataset on first use (seqio's file sharding reads the split
+  list before it would load, so an unprepared dataset otherwise fails with empty splits).
+  With several hosts, prepare once beforehand (`tfds.builder(...).download_and_prepare()`)
+  rather than have every host race to."""
+
+  def prepare(self) -> None:
+    builder = self.tfds_dataset.builder
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+
+  def list_shards(self, split):
+    self.prepare()
+    return super().list_shards(split)
 
   def get_dataset(self, split=tfds.Split.TRAIN, shuffle=True, seed=None, shard_info=None, **kwargs):
+    self.prepare()
     ds = super().get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info, **kwargs)
     name = str(split)
     return ds.map(lambda ex: {**ex, _SPLIT_KEY: tf.constant(name)},
