@@ -121,52 +121,75 @@ def train(model: LMConfig = gin.REQUIRED, data: DataConfig = gin.REQUIRED,
 
     with sharding_context(device_mesh, rules):
         ckpt = Checkpointer(run.model_dir, checkpoint)
-        latest = ckpt.latest_step()
-        if latest is not None:
-            state, data_pos = ckpt.restore(latest, program.abstract)
-            log.info("resumed from step %d (input position %s)", latest, data_pos)
-        else:
-            state = initialize(program.make_model, program.tx, shardings, run.seed)
+        state = restore_or_initialize(ckpt, program.abstract, lambda: initialize(
+            program.make_model, program.tx, shardings, run.seed))
         start = int(state.step)
         write_gin_config(run.model_dir, gin.operative_config_str())
-
         logger = _logger(run, model, data, start)
         batches = host_batches(data, split=data.train_split, shuffle=data.shuffle, start_batch=start)
-        last: dict[str, float] = {}
-        prev_metrics = None
-        try:
-            for step in range(start, run.train_steps):
-                batch = global_batch(next(batches), device_mesh, rules)
-                state, metrics = p_train(state, batch)
-                logger.add(metrics)
-                # Check the previous step's streak: it is already computed, so this does not
-                # stall the dispatch of the step just queued.
-                if prev_metrics is not None:
-                    _check_nonfinite(prev_metrics, run.max_nonfinite_streak, step)
-                prev_metrics = metrics
-                done = step + 1
-                if done % run.log_every == 0 or done == run.train_steps:
-                    last = logger.flush(done)
-                if run.eval_every and (done % run.eval_every == 0 or done == run.train_steps):
-                    logger.write_eval(done, evaluate_batches(p_eval, state, data, device_mesh, rules,
-                                                             run.eval_batches, step_cfg))
-                if done % checkpoint.save_every == 0 or done == run.train_steps:
-                    ckpt.save(done, state, {"batches": done, "task": data.mixture_or_task_name},
-                              force=True)
+
+        def evaluate(state, step):
+            logger.write_eval(step, evaluate_batches(p_eval, state, data, device_mesh, rules,
+                                                     run.eval_batches, step_cfg))
+
+        return run_steps(lambda _: p_train, state,
+                         (global_batch(b, device_mesh, rules) for b in batches),
+                         run=run, checkpoint=checkpoint, ckpt=ckpt, logger=logger,
+                         task_name=data.mixture_or_task_name, evaluate=evaluate)
+
+
+def restore_or_initialize(ckpt: Checkpointer, abstract: TrainState, init: Callable[[], TrainState]):
+    """The newest checkpoint restored onto `abstract`'s shardings, else `init()`."""
+    latest = ckpt.latest_step()
+    if latest is None:
+        return init()
+    state, data_pos = ckpt.restore(latest, abstract)
+    log.info("resumed from step %d (input position %s)", latest, data_pos)
+    return state
+
+
+def run_steps(step_at: Callable[[int], Callable], state, batches, *, run: RunConfig,
+              checkpoint: CheckpointConfig, ckpt: Checkpointer, logger, task_name: str,
+              evaluate: Callable[[Any, int], None] | None = None) -> dict[str, float]:
+    """The training loop shared by every trainer: steps from state.step to run.train_steps
+    on global batches, step i running the jitted `step_at(i)(state, batch)` (one program for
+    the LM; the codec switches programs when its discriminators join), metrics every log_every, `evaluate(state, step)` every eval_every,
+    a checkpoint (with the input position) every save_every and at the end, and a stop
+    once run.max_nonfinite_streak updates in a row were skipped. Closes ckpt and logger."""
+    start = int(state.step)
+    last: dict[str, float] = {}
+    prev_metrics = None
+    try:
+        for step in range(start, run.train_steps):
+            state, metrics = step_at(step)(state, next(batches))
+            logger.add(metrics)
+            # Check the previous step's streak: it is already computed, so this does not
+            # stall the dispatch of the step just queued.
             if prev_metrics is not None:
-                _check_nonfinite(prev_metrics, run.max_nonfinite_streak, run.train_steps)
-        finally:
-            ckpt.close()
-            logger.close()
+                _check_nonfinite(prev_metrics, run.max_nonfinite_streak, step)
+            prev_metrics = metrics
+            done = step + 1
+            if done % run.log_every == 0 or done == run.train_steps:
+                last = logger.flush(done)
+            if evaluate and run.eval_every and (done % run.eval_every == 0 or done == run.train_steps):
+                evaluate(state, done)
+            if done % checkpoint.save_every == 0 or done == run.train_steps:
+                ckpt.save(done, state, {"batches": done, "task": task_name}, force=True)
+        if prev_metrics is not None:
+            _check_nonfinite(prev_metrics, run.max_nonfinite_streak, run.train_steps)
+    finally:
+        ckpt.close()
+        logger.close()
     return last
 
 
 def _logger(run: RunConfig, model: LMConfig, data: DataConfig, start: int):
     from mufm.train.metrics import MetricsLogger
 
+    tokens = data.batch_size * data.sequence_length
     return MetricsLogger(run.model_dir, total_steps=run.train_steps, start_step=start,
-                         tokens_per_batch=data.batch_size * data.sequence_length,
-                         flops_per_token=train_flops_per_token(model, data.sequence_length))
+                         units_per_step={"tokens": tokens},
+                         flops_per_step=tokens * train_flops_per_token(model, data.sequence_length))
 
 
 def _check_nonfinite(metrics, limit: int, step: int) -> None:

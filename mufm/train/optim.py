@@ -69,3 +69,28 @@ def make_optimizer(cfg: OptimizerConfig, train_steps: int) -> tuple[optax.Gradie
         parts.append(optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None,
                                      weight_decay_mask=_decay_mask))
     return optax.chain(*parts), schedule
+
+
+def per_group(txs: dict[str, optax.GradientTransformation]) -> optax.GradientTransformation:
+    """One transformation over a params dict whose top-level keys are groups, each updated by
+    its own optimizer (a GAN's generator and discriminator). Its state is the plain dict
+    {group: state}, so a step can update one group without touching the other's statistics.
+    """
+    def init(params):
+        _check_groups(params, txs)
+        return {name: tx.init(params[name]) for name, tx in txs.items()}
+
+    def update(updates, state, params=None):
+        _check_groups(updates, txs)
+        out, new_state = {}, {}
+        for name, tx in txs.items():
+            out[name], new_state[name] = tx.update(
+                updates[name], state[name], None if params is None else params[name])
+        return out, new_state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _check_groups(tree, txs) -> None:
+    if set(tree) != set(txs):
+        raise ValueError(f"parameter groups {sorted(tree)} do not match optimizers {sorted(txs)}")
