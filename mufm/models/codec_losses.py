@@ -12,9 +12,8 @@ discriminator forward, whose parameters the generator step does not update); pas
 `discriminators=None` during a warm-up with no discriminator at all, or keep them and ramp
 `adversarial_scale` (0 turns off the adversarial and feature-matching terms; the
 discriminator is still run). `discriminator_loss` stops gradients into `fake`. Every loss is
-computed in fp32 whatever the compute dtype. A complete jitted generator + discriminator
-step (with `mufm.models.codec.apply_codec` returning the updated codebook state) is in
-tests/models/test_codec_gan.py::test_one_jitted_gan_step_composes.
+computed in fp32 whatever the compute dtype. The trainer's GAN step that composes them
+with the codec and its codebook state is `mufm.train.codec_step.gan_train_step`.
 
 Scale note: with `mel_log_alpha` the log-mel term of the 2048 window is weighted by 32, so
 the reconstruction loss of an untrained codec is in the hundreds; the adversarial and
