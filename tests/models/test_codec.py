@@ -161,10 +161,10 @@ def test_tiny_codec_overfits_one_clip():
     ("tiny", 8, 2, "float32"), ("base", 16, 2, "float32"), ("paper", 32, 1, "bfloat16")])
 def test_model_gin_files_bind_the_configs(name, channels, compress, dtype):
     from mufm.models.codec_losses import CodecLossConfig
+    from mufm.gin_flags import parse
     from mufm.models.discriminators import DiscriminatorConfig
-    gin.clear_config()
     try:
-        gin.parse_config_file(f"configs/models/codec_{name}.gin")
+        parse([f"models/codec_{name}.gin"], [], finalize=False)
         cfg = CodecConfig()
         assert (cfg.channels, cfg.residual_compress, cfg.dtype) == (channels, compress, dtype)
         assert (cfg.num_levels, cfg.codebook_size, cfg.frame_rate) == (12, 1024, 50.0)

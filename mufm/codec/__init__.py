@@ -1,0 +1,1 @@
+"""The codec as a tool: `python -m mufm.codec {train,encode,decode,roundtrip,evaluate}`."""

@@ -1,0 +1,52 @@
+"""python -m mufm.codec COMMAND ...
+
+  train     --gin_file=experiments/codec_corpus_cpu.gin --gin.MODEL_DIR=\"runs/codec\" [--gin.X=Y]
+  encode    --checkpoint_dir=DIR in.wav out.npy      [--num_levels=Q] [--chunk_seconds=S]
+  decode    --checkpoint_dir=DIR in.npy out.wav      [--chunk_seconds=S]
+  roundtrip --checkpoint_dir=DIR in.wav out.wav      [--num_levels=Q] [--chunk_seconds=S]
+  evaluate  --checkpoint_dir=DIR --out_dir=DIR       [--clips=N] [--clip_seconds=S]
+
+`--checkpoint_dir` is a training run's MODEL_DIR (its config.gin and checkpoints/), or one
+step directory inside it. Exit status: 0 done, 2 bad arguments, configuration or input.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return _train(rest)
+    from mufm.codec import cli
+
+    if command not in cli.COMMANDS:
+        print(f"mufm.codec: unknown command {command!r}; use one of train, "
+              f"{', '.join(cli.COMMANDS)}", file=sys.stderr)
+        return 2
+    return cli.COMMANDS[command](rest)
+
+
+def _train(argv) -> int:
+    from mufm.gin_flags import GinConfigError, run_main
+    from mufm.parallel.logical import ShardingRuleError
+    from mufm.parallel.mesh import MeshError
+    from mufm.train.codec_loop import train_codec
+
+    try:
+        run_main(train_codec, argv)
+    except (GinConfigError, MeshError, ShardingRuleError) as e:
+        print(f"mufm.codec train: configuration error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
