@@ -158,7 +158,7 @@ class Report:
                            "once, not once per layer)")
         out += [
             f"model FLOPs/step    {self.model_flops:.4e} total, "
-            f"{self.model_flops / self.num_devices:.4e} per chip (6N + attention, no remat)",
+            f"{self.model_flops / self.num_devices:.4e} per chip (analytic, no remat)",
             f"fits={str(self.fits).lower()} per_chip_bytes={self.per_chip_bytes} "
             f"hbm_bytes={self.hbm_bytes}",
         ]
@@ -195,32 +195,70 @@ def _oom_temp_bytes(message: str) -> int:
     return int(float(value) * _UNITS[unit])
 
 
-def compile_train_step(topology: str, num_slices: int = 1) -> Report:
-    """Compiles the configured train() step (gin must be parsed) for `topology`."""
+def _configured(entry: str, names) -> dict:
+    """The very configs gin would inject into `entry` (`train.model` is `@LMConfig()`, ...)."""
     import gin
-    import jax
 
+    return {k: gin.query_parameter(f"{entry}.{k}").scoped_configurable_fn() for k in names}
+
+
+def _is_codec_config() -> bool:
+    import gin
+
+    try:
+        gin.query_parameter("train_codec.codec")
+    except ValueError:
+        return False
+    return True
+
+
+def _lm_program(devices):
     from mufm.models.lm import train_flops_per_token
-    from mufm.parallel.logical import sharding_context
     from mufm.train import loop
 
-    devices = topology_devices(topology, num_slices)
-    gen, _ = parse_topology(topology)
-    # The very configs gin would inject into train(): `train.model` is `@LMConfig()` etc.
-    cfgs = {k: gin.query_parameter(f"train.{k}").scoped_configurable_fn()
-            for k in ("model", "data", "optimizer", "mesh", "run")}
+    cfgs = _configured("train", ("model", "data", "optimizer", "mesh", "run"))
     program = loop.build_program(cfgs["model"], cfgs["data"], cfgs["optimizer"], cfgs["mesh"],
                                  cfgs["run"], devices=devices)
     data, model = cfgs["data"], cfgs["model"]
-    batch = loop.abstract_batch(program, data)
+    flops = train_flops_per_token(model, data.sequence_length) * data.batch_size * data.sequence_length
+    return program, program.train_step, loop.abstract_batch(program, data), flops, model.scan_layers
+
+
+def _codec_program(devices):
+    from flax import nnx
+
+    from mufm.models.codec import Codec
+    from mufm.train import codec_loop
+
+    cfgs = _configured("train_codec", ("codec", "discriminator", "losses", "gan", "generator_optimizer",
+                                       "discriminator_optimizer", "mesh", "run", "data"))
+    data = cfgs.pop("data")
+    program = codec_loop.build_codec_program(**cfgs, devices=devices)
+    # Analytic FLOPs of the generator only (convs and RVQ distances, forward + backward =
+    # 3x forward); the discriminators and the mel losses come on top in XLA's count.
+    codec = nnx.eval_shape(lambda: Codec(cfgs["codec"], rngs=nnx.Rngs(0)))
+    flops = 3 * sum(codec.flops(data.sequence_length).values()) * data.batch_size
+    return (program, program.train_step, codec_loop.abstract_codec_batch(program, data), flops,
+            False)
+
+
+def compile_train_step(topology: str, num_slices: int = 1) -> Report:
+    """Compiles the configured train step (gin must be parsed) for `topology`: the stage LM's
+    `train()` or, when the config wires `train_codec()`, the codec GAN step."""
+    import jax
+
+    from mufm.parallel.logical import sharding_context
+
+    devices = topology_devices(topology, num_slices)
+    gen, _ = parse_topology(topology)
+    program, step, batch, model_flops, scanned = (
+        _codec_program(devices) if _is_codec_config() else _lm_program(devices))
     common = dict(topology=topology if num_slices == 1 else f"{num_slices} x {topology}",
                   num_devices=len(devices), hbm_bytes=TPU_GENERATIONS[gen].hbm_bytes,
-                  model_flops=train_flops_per_token(model, data.sequence_length)
-                  * data.batch_size * data.sequence_length,
-                  scanned_layers=model.scan_layers)
+                  model_flops=model_flops, scanned_layers=scanned)
     start = time.perf_counter()
     with sharding_context(program.mesh, program.rules):
-        lowered = program.train_step.lower(program.abstract, batch)
+        lowered = step.lower(program.abstract, batch)
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as e:
