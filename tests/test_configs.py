@@ -100,3 +100,36 @@ def test_missing_required_macro_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert "MODEL_DIR" in err or "model_dir" in err
+
+
+CODEC_EXPERIMENTS = [p for p in GIN_FILES if p.startswith("experiments/codec_")]
+
+
+@pytest.mark.parametrize("path", CODEC_EXPERIMENTS)
+def test_codec_experiment_builds_every_config(path):
+    import gin
+
+    from mufm.models.codec import CodecConfig
+
+    gin_flags.parse([path], ['MODEL_DIR="/tmp/x"'])
+    try:
+        names = ("codec", "discriminator", "losses", "gan", "data", "generator_optimizer",
+                 "discriminator_optimizer", "checkpoint", "mesh", "run")
+        cfgs = {n: gin.query_parameter(f"train_codec.{n}").scoped_configurable_fn() for n in names}
+        assert isinstance(cfgs["codec"], CodecConfig) and cfgs["codec"].frame_rate == 50.0
+        assert cfgs["data"].sequence_length % cfgs["codec"].hop == 0
+        assert max(cfgs["gan"].eval_levels) <= cfgs["codec"].num_levels
+    finally:
+        gin.clear_config()
+    assert len(CODEC_EXPERIMENTS) >= 3
+
+
+def test_codec_crop_that_is_not_whole_frames_is_named(tmp_path, capsys):
+    from mufm.codec.__main__ import main
+
+    model_dir = tmp_path / "run"
+    rc = main(["train", "--gin_file=experiments/codec_synthetic_tiny.gin",
+               f'--gin.MODEL_DIR="{model_dir}"', "--gin.DataConfig.sequence_length=1000"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "sequence_length=1000" in err and "hop 480" in err, err
+    assert not (model_dir / "checkpoints").exists()

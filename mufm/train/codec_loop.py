@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from mufm.data.pipeline import DataConfig, host_audio_batches, host_batch_size
 from mufm.eval.codec_metrics import mel_distance, si_snr
+from mufm.gin_flags import GinConfigError
 from mufm.models.codec import CodecConfig
 from mufm.models.codec_gan import GROUPS, make_codec_gan_fn
 from mufm.models.codec_losses import CodecLossConfig
@@ -71,7 +72,7 @@ def build_codec_program(codec: CodecConfig, discriminator: DiscriminatorConfig,
                         discriminator_optimizer: OptimizerConfig, mesh: MeshConfig,
                         run: RunConfig, devices: Sequence[jax.Device] | None = None) -> CodecProgram:
     if losses.sample_rate != codec.sample_rate:
-        raise ValueError(f"CodecLossConfig.sample_rate={losses.sample_rate} differs from "
+        raise GinConfigError(f"CodecLossConfig.sample_rate={losses.sample_rate} differs from "
                          f"CodecConfig.sample_rate={codec.sample_rate}")
     device_mesh = build_mesh(mesh, devices)
     rules = mesh.rules
@@ -117,7 +118,7 @@ def train_codec(codec: CodecConfig = gin.REQUIRED, discriminator: DiscriminatorC
                 run: RunConfig = gin.REQUIRED) -> dict[str, float]:
     """Trains the codec GAN; returns the last logged metrics."""
     if data.sequence_length % codec.hop:
-        raise ValueError(f"DataConfig.sequence_length={data.sequence_length} (crop samples) is not "
+        raise GinConfigError(f"DataConfig.sequence_length={data.sequence_length} (crop samples) is not "
                          f"a multiple of the codec hop {codec.hop}")
     maybe_initialize_distributed()
     program = build_codec_program(codec, discriminator, losses, gan, generator_optimizer,
