@@ -96,3 +96,17 @@ def run_main(entry, argv: Sequence[str] | None = None):
         if "gin" in msg.lower() or "Required bindings" in msg:
             raise GinConfigError(msg) from None
         raise
+
+
+def run_cli(entry, argv: Sequence[str] | None, prog: str) -> int:
+    """`run_main` for a command line: configuration errors (gin, mesh, sharding rules) print
+    one line naming the culprit and return exit status 2, before any compute."""
+    from mufm.parallel.logical import ShardingRuleError
+    from mufm.parallel.mesh import MeshError
+
+    try:
+        run_main(entry, argv)
+    except (GinConfigError, MeshError, ShardingRuleError) as e:
+        print(f"{prog}: configuration error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -35,17 +35,10 @@ def main(argv=None) -> int:
 
 
 def _train(argv) -> int:
-    from mufm.gin_flags import GinConfigError, run_main
-    from mufm.parallel.logical import ShardingRuleError
-    from mufm.parallel.mesh import MeshError
+    from mufm.gin_flags import run_cli
     from mufm.train.codec_loop import train_codec
 
-    try:
-        run_main(train_codec, argv)
-    except (GinConfigError, MeshError, ShardingRuleError) as e:
-        print(f"mufm.codec train: configuration error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(train_codec, argv, "mufm.codec train")
 
 
 if __name__ == "__main__":

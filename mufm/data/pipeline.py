@@ -88,7 +88,6 @@ def make_dataset(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int
                  num_epochs: int | None = None):
     """The host-local tf.data pipeline of batched model features, positioned at start_batch."""
     import seqio
-    import tensorflow as tf
 
     converter = feature_converter(cfg)
     shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
@@ -103,7 +102,15 @@ def make_dataset(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int
         seed=cfg.seed,
         use_cached=False,
     )
-    ds = ds.batch(host_batch_size(cfg.batch_size), drop_remainder=True)
+    return _batched(ds, cfg, start_batch)
+
+
+def _batched(ds, cfg: DataConfig, start_batch: int, drop_remainder: bool = True):
+    """Host batches, deterministic, positioned at `start_batch` (a resumed run skips exactly
+    the batches it consumed), prefetched."""
+    import tensorflow as tf
+
+    ds = ds.batch(host_batch_size(cfg.batch_size), drop_remainder=drop_remainder)
     if start_batch:
         ds = ds.skip(start_batch)
     options = tf.data.Options()
@@ -140,12 +147,7 @@ def make_audio_dataset(cfg: DataConfig, *, split: str, shuffle: bool, start_batc
                           num_epochs=num_epochs, shard_info=shard, seed=cfg.seed, use_cached=False)
     ds = ds.map(lambda ex: {k: ex[k] for k in AUDIO_FEATURES},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(host_batch_size(cfg.batch_size), drop_remainder=drop_remainder)
-    if start_batch:
-        ds = ds.skip(start_batch)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options).prefetch(2)
+    return _batched(ds, cfg, start_batch, drop_remainder)
 
 
 def host_audio_batches(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int = 0,

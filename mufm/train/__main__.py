@@ -2,9 +2,7 @@
 import logging
 import sys
 
-from mufm.gin_flags import GinConfigError, run_main
-from mufm.parallel.logical import ShardingRuleError
-from mufm.parallel.mesh import MeshError
+from mufm.gin_flags import run_cli
 
 
 def main(argv=None) -> int:
@@ -12,12 +10,7 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes
     from mufm.train.loop import train
 
-    try:
-        run_main(train, argv)
-    except (GinConfigError, MeshError, ShardingRuleError) as e:
-        print(f"mufm.train: configuration error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(train, argv, "mufm.train")
 
 
 if __name__ == "__main__":

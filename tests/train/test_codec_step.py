@@ -1,7 +1,6 @@
 """The codec GAN step through the trainer's program: warm-up vs adversarial steps, both
 optimizers, codebook state, per-level metrics, non-finite skips, and the same step on an
 8-device mesh as on one device."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
