@@ -39,8 +39,9 @@ SAMPLE_RATE = 24_000
 
 
 def load_config(name: str) -> CodecConfig:
-    gin.clear_config()
-    gin.parse_config_file(os.path.join("configs", "models", f"codec_{name}.gin"))
+    from mufm.gin_flags import parse
+
+    parse([f"models/codec_{name}.gin"], [], finalize=False)  # configs/ is the include root
     try:
         return CodecConfig()
     finally:
