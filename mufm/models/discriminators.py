@@ -15,6 +15,7 @@ import math
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mufm.layers.linear import fan_in_init, param
@@ -103,7 +104,11 @@ def avg_pool_2x(x: jax.Array) -> jax.Array:
     """MelGAN's AvgPool1d(4, stride 2, padding 1, count_include_pad=False) on [b, n]."""
     window, strides, pad = (1, 4), (1, 2), ((0, 0), (1, 1))
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, pad)
-    count = jax.lax.reduce_window(jnp.ones_like(x), 0.0, jax.lax.add, window, strides, pad)
+    # Samples per window (3 at the padded edges, else 4), from the static length on the host:
+    # a reduce_window over ones is a constant XLA spends seconds folding at every compile.
+    real = np.pad(np.ones(x.shape[-1], np.float32), (1, 1))
+    starts = 2 * np.arange(total.shape[-1])
+    count = real[starts[:, None] + np.arange(4)[None, :]].sum(1)
     return total / count
 
 
