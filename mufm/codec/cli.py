@@ -191,8 +191,8 @@ def evaluate_cmd(argv) -> int:
     a = p.parse_args(argv)
     from mufm.codec.evaluate import evaluate_checkpoint
 
-    _load(a.checkpoint_dir)  # a clear error before any data is read
-    result = evaluate_checkpoint(a.checkpoint_dir, a.out_dir, split=a.split,
+    codec = _load(a.checkpoint_dir)  # a clear error before any data is read
+    result = evaluate_checkpoint(codec, a.out_dir, split=a.split,
                                  clip_seconds=a.clip_seconds, max_clips=a.clips,
                                  wav_clips=a.wav_clips)
     with open(result.table_md) as f:

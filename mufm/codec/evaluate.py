@@ -31,8 +31,8 @@ class EvalResult:
     clips: int
 
 
-def held_out_clips(model_dir: str, split: str, clip_seconds: float, max_clips: int
-                   ) -> tuple[list[np.ndarray], list[str]]:
+def held_out_clips(model_dir: str, split: str, clip_seconds: float, max_clips: int,
+                   sample_rate: int) -> tuple[list[np.ndarray], list[str]]:
     """Up to `max_clips` centre crops (trimmed to their real length) and their ids."""
     import gin
 
@@ -42,7 +42,6 @@ def held_out_clips(model_dir: str, split: str, clip_seconds: float, max_clips: i
     read_run_config(model_dir)
     with gin.config_scope(None):
         data = DataConfig()  # evaluates the run's task registrations
-    sample_rate = 24_000
     data = dataclasses.replace(data, batch_size=1, sequence_length=int(clip_seconds * sample_rate),
                                shuffle=False)
     clips, ids = [], []
@@ -58,15 +57,13 @@ def held_out_clips(model_dir: str, split: str, clip_seconds: float, max_clips: i
     return clips, ids
 
 
-def evaluate_checkpoint(checkpoint_dir: str, out_dir: str, *, split: str = "test",
-                        clip_seconds: float = 10.0, max_clips: int = 32, wav_clips: int = 3,
-                        kbps=KBPS) -> EvalResult:
-    from mufm.codec.restore import load_codec
+def evaluate_checkpoint(codec, out_dir: str, *, split: str = "test", clip_seconds: float = 10.0,
+                        max_clips: int = 32, wav_clips: int = 3, kbps=KBPS) -> EvalResult:
+    """`codec`: a `mufm.codec.restore.TrainedCodec` (`load_codec(checkpoint_dir)`)."""
     from mufm.models.codec_tokenizer import decode_chunked, encode_chunked
 
-    codec = load_codec(checkpoint_dir)
     cfg = codec.cfg
-    refs, ids = held_out_clips(codec.model_dir, split, clip_seconds, max_clips)
+    refs, ids = held_out_clips(codec.model_dir, split, clip_seconds, max_clips, cfg.sample_rate)
     levels = {k: codec_metrics.bitrate_levels(k, cfg.frame_rate, cfg.codebook_size) for k in kbps}
     recons: dict[float, list[np.ndarray]] = {k: [] for k in kbps}
     t0 = time.perf_counter()

@@ -20,11 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mufm.layers.dtypes import DTYPES
 from mufm.layers.seanet import CausalConv1d, DecoderBlock, EncoderBlock, elu
 from mufm.models.quantizers import CodebookState, ResidualVectorQuantizer
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)

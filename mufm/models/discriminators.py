@@ -18,12 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mufm.layers.dtypes import DTYPES
 from mufm.layers.linear import fan_in_init, param
 from mufm.layers.spectral import stft
 from mufm.parallel.logical import constrain
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)

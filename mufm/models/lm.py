@@ -16,15 +16,13 @@ from flax import nnx
 
 from mufm.layers.attention import NEG_INF, Attention, causal_key_counts, init_cache
 from mufm.layers.dropout import dropout
+from mufm.layers.dtypes import DTYPES
 from mufm.layers.linear import Dense, Embed
 from mufm.layers.mlp import MLP
 from mufm.layers.norms import RMSNorm
 from mufm.layers.positions import RelativePositionBias
 from mufm.models.remat import remat_policy
 from mufm.parallel.logical import constrain
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)

@@ -108,31 +108,31 @@ def gan_train_step(state: TrainState, batch: dict, *, spec: ModelSpec,
         (_, d_terms), d_grads = jax.value_and_grad(discriminator_objective, has_aux=True)(
             params["discriminator"], fake)
         terms = dict(terms, **d_terms)
+        grads = {"generator": g_grads, "discriminator": d_grads}
     else:
+        # Warm-up: the discriminator group is not differentiated or updated at all.
         g_grads, terms, levels, codebooks, _ = generator_grads(False)
-        d_grads = jax.tree.map(jnp.zeros_like, params["discriminator"])
         terms = dict(terms, **{k: jnp.zeros((), jnp.float32) for k in ADVERSARIAL_TERMS
                                if k not in terms})
+        grads = {"generator": g_grads}
 
-    grads = {"generator": g_grads, "discriminator": d_grads}
     norms = {name: optax.tree.norm(g) for name, g in grads.items()}
-    new_params, new_opt = {}, {}
-    for name, tx in txs.items():
-        updates, new_opt[name] = tx.update(grads[name], state.opt_state[name], params[name])
-        new_params[name] = optax.apply_updates(params[name], updates)
-
-    ok = (jnp.isfinite(terms["generator_loss"]) & jnp.isfinite(terms["discriminator_loss"])
-          & jnp.isfinite(norms["generator"]) & jnp.isfinite(norms["discriminator"]))
-    update = {"generator": ok, "discriminator": ok & adversarial}
+    ok = jnp.isfinite(terms["generator_loss"]) & jnp.isfinite(terms["discriminator_loss"])
+    for norm in norms.values():
+        ok = ok & jnp.isfinite(norm)
     keep = lambda take, new, old: jax.tree.map(lambda n, o: jnp.where(take, n, o), new, old)
+    new_params, new_opt = dict(params), dict(state.opt_state)
+    for name, g in grads.items():
+        updates, opt = txs[name].update(g, state.opt_state[name], params[name])
+        new_params[name] = keep(ok, optax.apply_updates(params[name], updates), params[name])
+        new_opt[name] = keep(ok, opt, state.opt_state[name])
     new_state = state.replace(
-        step=state.step + 1,
-        params={k: keep(update[k], new_params[k], params[k]) for k in params},
-        opt_state={k: keep(update[k], new_opt[k], state.opt_state[k]) for k in params},
+        step=state.step + 1, params=new_params, opt_state=new_opt,
         model_state=keep(ok, codebooks, state.model_state),
         nonfinite_skipped=state.nonfinite_skipped + (~ok).astype(jnp.int32),
         nonfinite_streak=jnp.where(ok, 0, state.nonfinite_streak + 1),
     )
+    norms.setdefault("discriminator", jnp.zeros((), jnp.float32))
     metrics = dict(terms, **levels)
     metrics.update({f"grad_norm/{k}": v for k, v in norms.items()})
     metrics.update({f"learning_rate/{k}": s(state.step) for k, s in schedules.items()})

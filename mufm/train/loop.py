@@ -152,10 +152,11 @@ def run_steps(step_at: Callable[[int], Callable], state, batches, *, run: RunCon
               checkpoint: CheckpointConfig, ckpt: Checkpointer, logger, task_name: str,
               evaluate: Callable[[Any, int], None] | None = None) -> dict[str, float]:
     """The training loop shared by every trainer: steps from state.step to run.train_steps
-    on global batches, step i running the jitted `step_at(i)(state, batch)` (one program for
-    the LM; the codec switches programs when its discriminators join), metrics every log_every, `evaluate(state, step)` every eval_every,
-    a checkpoint (with the input position) every save_every and at the end, and a stop
-    once run.max_nonfinite_streak updates in a row were skipped. Closes ckpt and logger."""
+    on global batches, step i running the jitted `step_at(i)(state, batch)` (one program
+    for the LM; the codec switches programs when its discriminators join); metrics every
+    log_every, `evaluate(state, step)` every eval_every, a checkpoint (with the input
+    position) every save_every and at the end, and a stop once run.max_nonfinite_streak
+    updates in a row were skipped. Closes ckpt and logger."""
     start = int(state.step)
     last: dict[str, float] = {}
     prev_metrics = None
