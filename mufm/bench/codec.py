@@ -1,12 +1,21 @@
 """Codec speed: `python -m mufm.bench.codec [--configs tiny,base,paper] [--seconds 30]
-[--batches 1,8] [--audio file.wav] [--no-profile]`.
+[--batches 1,8] [--audio file.wav] [--no-profile] [--block_sweep 25,50,100]`.
 
 For each model config (configs/models/codec_<name>.gin) it prints the encode and decode
 real-time factors (seconds of audio per second of compute; higher is faster) on `seconds`
 of audio at each batch size, and the achieved FLOP/s of encode+decode divided by the FLOP/s
-of a 2048^3 fp32 jitted matmul measured in the same process. Then, for the paper config,
-where the time goes (each encoder/decoder stage and the quantizer, jitted and timed alone).
-The last line is `paper_rtf=<float> ratio_to_matmul_peak=<float>` (batch = the largest).
+of a 2048^3 fp32 jitted matmul measured in the same process. Encode and decode run as the
+tokenizer runs them (`mufm.models.codec_tokenizer`, block_frames="auto": on CPU, blocks of
+25-50 frames in a scan, exact); for the paper config the same is also
+timed in one pass over the whole 30 s (block_frames=None), which is what blocking saves.
+Then, for the paper config, where the time goes (each encoder/decoder stage and the
+quantizer, jitted and timed alone, on one block and on 10 s in one pass). With
+--block_sweep it also times other block sizes (the choice behind "auto").
+The last line is `paper_rtf=<float> ratio_to_matmul_peak=<float>` (batch = the largest,
+tokenizer default).
+
+The paper config computes its convs in bf16 on accelerators; this CPU has no bf16 units
+(XLA:CPU emulates them), so the CPU figures use fp32 compute, as a CPU deployment would.
 
 FLOP counting is analytic: every conv costs 2 * K * Cin/groups * Cout * T_out (T_out its
 output length; a stride-s transposed conv is counted as 2 * K * Cin * Cout * T_in, the
@@ -21,6 +30,7 @@ of time (`lower().compile()`) so timings never include compilation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -33,6 +43,7 @@ from flax import nnx
 from mufm.layers.seanet import elu
 from mufm.models.codec import CodecConfig, build_codec, split_codec
 from mufm.models.codec_losses import CodecLossConfig  # noqa: F401  (gin files bind it)
+from mufm.models.codec_tokenizer import block_frames_for
 from mufm.models.discriminators import DiscriminatorConfig  # noqa: F401
 
 SAMPLE_RATE = 24_000
@@ -43,9 +54,12 @@ def load_config(name: str) -> CodecConfig:
 
     parse([f"models/codec_{name}.gin"], [], finalize=False)  # configs/ is the include root
     try:
-        return CodecConfig()
+        cfg = CodecConfig()
     finally:
         gin.clear_config()
+    if jax.default_backend() == "cpu":
+        cfg = dataclasses.replace(cfg, dtype="float32")
+    return cfg
 
 
 def test_audio(seconds: float, batch: int, path: str | None = None) -> np.ndarray:
@@ -84,43 +98,64 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
     return 2.0 * n ** 3 / timed(mm, a, b, repeats=repeats)
 
 
+def time_codec(graphdef, params, state, wave, block, repeats: int):
+    """(encode seconds, decode seconds) of the AOT-compiled tokenizer programs, best of N."""
+    def encode(params, state, wave):
+        return nnx.merge(graphdef, params, state).encode(wave, block_frames=block)
+
+    def decode(params, state, codes):
+        return nnx.merge(graphdef, params, state).decode(codes, block_frames=block)
+
+    enc = jax.jit(encode).lower(params, state, wave).compile()
+    codes = enc(params, state, wave)
+    dec = jax.jit(decode).lower(params, state, codes).compile()
+    # Best of several runs: the machine is shared, and one slow run says more about the
+    # neighbours than about the codec.
+    return timed(enc, params, state, wave, repeats=repeats), timed(dec, params, state, codes, repeats=repeats)
+
+
 def bench_config(name: str, cfg: CodecConfig, seconds: float, batches, audio_path, matmul):
     model = build_codec(cfg)
     graphdef, params, state = split_codec(model)
     flops = model.flops(int(seconds * SAMPLE_RATE))
     enc_flops = flops["encoder"] + flops["quantizer"]
     dec_flops = flops["decoder"]  # the RVQ lookup-and-sum is gathers and adds: not counted
-
-    def encode(params, state, wave):
-        return nnx.merge(graphdef, params, state).encode(wave)
-
-    def decode(params, state, codes):
-        return nnx.merge(graphdef, params, state).decode(codes)
-
+    modes = [("auto", "auto")] + ([("one pass", None)] if name == "paper" else [])
     results = {}
     for b in batches:
         wave = jnp.asarray(test_audio(seconds, b, audio_path))
-        enc = jax.jit(encode).lower(params, state, wave).compile()
-        codes = enc(params, state, wave)
-        dec = jax.jit(decode).lower(params, state, codes).compile()
-        # Best of several runs: the machine is shared, and one slow run says more about the
-        # neighbours than about the codec.
-        repeats = 3 if name != "paper" else 2
-        t_enc = timed(enc, params, state, wave, repeats=repeats)
-        t_dec = timed(dec, params, state, codes, repeats=repeats)
-        audio = seconds * b
-        achieved = b * (enc_flops + dec_flops) / (t_enc + t_dec)
-        results[b] = dict(enc_rtf=audio / t_enc, dec_rtf=audio / t_dec, rtf=audio / (t_enc + t_dec),
-                          flops=achieved, ratio=achieved / matmul)
-        print(f"{name:5s} C={cfg.channels:<3d} batch={b}: encode rtf={audio / t_enc:8.2f} "
-              f"decode rtf={audio / t_dec:8.2f} enc+dec rtf={audio / (t_enc + t_dec):8.2f} "
-              f"({t_enc:.2f}+{t_dec:.2f} s)  {achieved / 1e9:6.1f} GFLOP/s = "
-              f"{achieved / matmul:.3f} x matmul", flush=True)
+        for label, block in modes:
+            frames = block_frames_for(block, b)
+            t_enc, t_dec = time_codec(graphdef, params, state, wave, frames,
+                                      repeats=3 if name != "paper" else 2)
+            audio = seconds * b
+            achieved = b * (enc_flops + dec_flops) / (t_enc + t_dec)
+            if block == "auto":
+                results[b] = dict(rtf=audio / (t_enc + t_dec), flops=achieved, ratio=achieved / matmul)
+            print(f"{name:5s} C={cfg.channels:<3d} batch={b} {label:8s} "
+                  f"(blocks of {frames or 'all'} frames): encode rtf={audio / t_enc:7.2f} "
+                  f"decode rtf={audio / t_dec:7.2f} enc+dec rtf={audio / (t_enc + t_dec):7.2f} "
+                  f"({t_enc:.2f}+{t_dec:.2f} s)  {achieved / 1e9:6.1f} GFLOP/s = "
+                  f"{achieved / matmul:.3f} x matmul", flush=True)
     gflop_per_s_audio = (enc_flops + dec_flops) / seconds / 1e9
     print(f"{name:5s} model FLOPs per second of audio: encoder {flops['encoder'] / seconds / 1e9:.2f} G, "
           f"quantizer {flops['quantizer'] / seconds / 1e9:.3f} G, decoder "
           f"{flops['decoder'] / seconds / 1e9:.2f} G (enc+dec {gflop_per_s_audio:.2f} GFLOP)")
     return model, results
+
+
+def sweep_blocks(cfg: CodecConfig, seconds: float, batches, sizes, audio_path):
+    """Enc+dec RTF of the paper codec for each block size (frames per scan step)."""
+    graphdef, params, state = split_codec(build_codec(cfg))
+    for b in batches:
+        wave = jnp.asarray(test_audio(seconds, b, audio_path))
+        row = []
+        for frames in sizes:
+            t_enc, t_dec = time_codec(graphdef, params, state, wave, frames, repeats=2)
+            row.append(f"{frames}: {seconds * b / t_enc:.1f}/{seconds * b / t_dec:.1f}/"
+                       f"{seconds * b / (t_enc + t_dec):.2f}")
+        print(f"block sweep, batch {b} (frames: encode/decode/enc+dec rtf): {', '.join(row)}",
+              flush=True)
 
 
 def _stage(module, fn):
@@ -130,9 +165,9 @@ def _stage(module, fn):
     return state, lambda st, x: fn(nnx.merge(graphdef, st), x)
 
 
-def profile(model, seconds: float, batch: int, audio_path, matmul):
-    """Times each stage alone (its own jitted program on its real input) and prints its
-    share of the summed time and its FLOP/s."""
+def stage_times(model, seconds: float, batch: int, audio_path):
+    """[(label, seconds, flops)] of each stage timed alone (its own jitted program on its real
+    input, weights as arguments)."""
     cfg = model.cfg
     enc, dec, rvq = model.encoder, model.decoder, model.quantizer
     call = lambda m, v: m(v)
@@ -156,20 +191,35 @@ def profile(model, seconds: float, batch: int, audio_path, matmul):
                        blk.flops(t)))
         t *= blk.up.stride
     pieces.append(("dec.head", dec.head, head, dec.head.flops(t)))
-    rows, total = [], 0.0
+    repeats = max(2, int(round(10 / seconds)))  # short inputs: more runs against timer noise
+    rows = []
     for label, module, fn, fl in pieces:
         state, f = _stage(module, fn)
         compiled = jax.jit(f).lower(state, x).compile()
-        secs = timed(compiled, state, x, repeats=2)
+        secs = timed(compiled, state, x, repeats=repeats)
         x = compiled(state, x)
         rows.append((label, secs, fl * batch))
-        total += secs
-    print(f"profile (paper config, batch {batch}, {seconds:g} s of audio; stages jitted alone):")
-    for label, secs, fl in rows:
-        rate = fl / secs if fl else 0.0
-        print(f"  {label:30s} {secs:7.3f} s {100 * secs / total:5.1f}%  {rate / 1e9:7.1f} GFLOP/s "
-              f"({rate / matmul:.2f} x matmul)")
-    print(f"  {'sum':30s} {total:7.3f} s")
+    return rows
+
+
+def profile(model, block_frames: int, audio_path, matmul):
+    """Where the time goes: each stage alone on one CPU block (batch 1) and on 10 s in one
+    pass, as milliseconds per second of audio, with its share and its FLOP/s."""
+    block_s = block_frames / model.cfg.frame_rate
+    runs = [stage_times(model, block_s, 1, audio_path), stage_times(model, 10.0, 1, audio_path)]
+    totals = [sum(secs for _, secs, _ in rows) for rows in runs]
+    print(f"profile (paper config, batch 1; each stage jitted alone; ms per second of audio, "
+          f"share, x matmul):")
+    print(f"  {'stage':30s} {'one block of ' + format(block_s, 'g') + ' s':>26s} {'10 s in one pass':>26s}")
+    for i, (label, _, _) in enumerate(runs[0]):
+        cols = []
+        for rows, total, secs_audio in zip(runs, totals, (block_s, 10.0)):
+            _, secs, fl = rows[i]
+            ratio = f"{fl / secs / matmul:.2f}" if fl else "  - "
+            cols.append(f"{1e3 * secs / secs_audio:7.2f} {100 * secs / total:5.1f}% {ratio:>5s}x")
+        print(f"  {label:30s} {cols[0]:>26s} {cols[1]:>26s}")
+    print(f"  {'sum':30s} {1e3 * totals[0] / block_s:7.2f} ms/s {'':13s}"
+          f"{1e3 * totals[1] / 10.0:7.2f} ms/s")
 
 
 def main(argv=None):
@@ -179,7 +229,8 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--audio", default=None, help="a WAV file to use instead of synthetic audio")
     parser.add_argument("--no-profile", action="store_true")
-    parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--block_sweep", default=None,
+                        help="comma-separated block sizes (frames) to time on the paper config")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} cpus, "
@@ -192,8 +243,11 @@ def main(argv=None):
         model, results = bench_config(name, cfg, args.seconds, batches, args.audio, matmul)
         if name == "paper":
             last = results[max(batches)]
+            if args.block_sweep:
+                sweep_blocks(cfg, args.seconds, batches,
+                             [int(v) for v in args.block_sweep.split(",")], args.audio)
             if not args.no_profile:
-                profile(model, args.profile_seconds, 1, args.audio, matmul)
+                profile(model, block_frames_for("auto", 1) or 50, args.audio, matmul)
     if last is None:
         last = results[max(batches)]
         print("(paper config not run: the final line reports the last config)")

@@ -68,14 +68,29 @@ class CodecConfig:
         return DTYPES[self.dtype]
 
 
-def _lookback(convs) -> float:
-    """Samples before a layer stack's current output step that it reads, in units of the
-    stack's input step. `convs` is [(pad_in_steps, input_step_size)]."""
-    return sum(pad * step for pad, step in convs)
+class _ConvStack(nnx.Module):
+    """stem -> blocks -> ELU -> head (the encoder and the decoder), callable on a whole
+    signal or streamed chunk by chunk (`mufm.layers.seanet`)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.stream(x, None)[0]
+
+    def init_stream(self, batch: int):
+        return (self.stem.init_stream(batch), [b.init_stream(batch) for b in self.blocks],
+                self.head.init_stream(batch))
+
+    def stream(self, x: jax.Array, state):
+        stem, blocks, head = state or (None, [None] * len(self.blocks), None)
+        blocks = list(blocks)
+        x, stem = self.stem.stream(x, stem)
+        for i, block in enumerate(self.blocks):
+            x, blocks[i] = block.stream(x, blocks[i])
+        y, head = self.head.stream(elu(x), head)
+        return y, (None if state is None else (stem, blocks, head))
 
 
-class Encoder(nnx.Module):
-    """[b, n, 1] -> [b, n / hop, D]."""
+class Encoder(_ConvStack):
+    """[b, n, 1] -> [b, n / hop, D]; streamed, whole frames ([b, frames * hop, 1]) at a time."""
 
     def __init__(self, cfg: CodecConfig, *, rngs: nnx.Rngs):
         dt, c, k = cfg.compute_dtype, cfg.channels, cfg.kernel_size
@@ -86,12 +101,6 @@ class Encoder(nnx.Module):
             for i, s in enumerate(cfg.strides)])
         self.head = CausalConv1d(c * 2 ** len(cfg.strides), cfg.embedding_dim, 3, dtype=dt, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(elu(x))
-
     def flops(self, n: int) -> int:
         total, t = self.stem.flops(n), n
         for block in self.blocks:
@@ -99,18 +108,9 @@ class Encoder(nnx.Module):
             t //= block.down.stride
         return total + self.head.flops(t)
 
-    def lookback_samples(self) -> int:
-        """How many samples before a frame's own hop the frame's embedding depends on."""
-        convs, step = [(self.stem.pad, 1)], 1
-        for block in self.blocks:
-            convs += [(u.conv.pad, step) for u in block.units]
-            convs.append((block.down.pad, step))
-            step *= block.down.stride
-        convs.append((self.head.pad, step))
-        return int(_lookback(convs))
 
 
-class Decoder(nnx.Module):
+class Decoder(_ConvStack):
     """[b, t, D] -> [b, t * hop, 1]."""
 
     def __init__(self, cfg: CodecConfig, *, rngs: nnx.Rngs):
@@ -123,12 +123,6 @@ class Decoder(nnx.Module):
             for i, s in enumerate(reversed(cfg.strides))])
         self.head = CausalConv1d(c, 1, k, dtype=dt, rngs=rngs)
 
-    def __call__(self, z: jax.Array) -> jax.Array:
-        x = self.stem(z)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(elu(x))
-
     def flops(self, t: int) -> int:
         total = self.stem.flops(t)
         for block in self.blocks:
@@ -136,16 +130,6 @@ class Decoder(nnx.Module):
             t *= block.up.stride
         return total + self.head.flops(t)
 
-    def lookback_frames(self) -> int:
-        """How many code frames before frame t the samples of frame t depend on."""
-        convs, step = [(self.stem.pad, 1.0)], 1.0
-        for block in self.blocks:
-            k, s = block.up.shape[0], block.up.stride
-            convs.append((math.ceil((k - s) / s), step))
-            step /= s
-            convs += [(u.conv.pad, step) for u in block.units]
-        convs.append((self.head.pad, step))
-        return math.ceil(_lookback(convs) - 1e-9)
 
 
 class Codec(nnx.Module):
@@ -170,14 +154,49 @@ class Codec(nnx.Module):
         x, _ = self._pad(waveform)
         return self.encoder(x[..., None]).astype(jnp.float32)
 
-    def encode(self, waveform: jax.Array, num_levels: int | None = None) -> jax.Array:
-        """[b, n] -> codes [b, ceil(n / hop), q] int32."""
-        return self.quantizer.encode(self.embed(waveform), num_levels)
+    def encode(self, waveform: jax.Array, num_levels: int | None = None, *,
+               block_frames: int | None = None) -> jax.Array:
+        """[b, n] -> codes [b, ceil(n / hop), q] int32. `block_frames`: run the encoder over
+        blocks of that many frames in sequence (`encode_stream`), with the same result."""
+        state = self.encoder.init_stream(waveform.shape[0])
+        return self.encode_stream(waveform, state, num_levels, block_frames=block_frames)[0]
 
-    def decode(self, codes: jax.Array) -> jax.Array:
+    def decode(self, codes: jax.Array, *, block_frames: int | None = None) -> jax.Array:
         """codes [b, t, q'] (any q' <= N) -> waveform [b, t * hop] (fp32)."""
-        z = self.quantizer.decode(codes)
-        return self.decoder(z)[..., 0].astype(jnp.float32)
+        state = self.decoder.init_stream(codes.shape[0])
+        return self.decode_stream(codes, state, block_frames=block_frames)[0]
+
+    def encode_stream(self, waveform: jax.Array, state, num_levels: int | None = None, *,
+                      block_frames: int | None = None):
+        """Codes for the next samples [b, n] of a long signal, after `state` (the encoder's
+        streaming state: `encoder.init_stream(b)` at the start, then what the previous call
+        returned): -> (codes [b, ceil(n / hop), q], state). Continuing a signal needs n to
+        be a multiple of the hop (only its end may be padded). Within the call, the frames
+        go through in blocks of `block_frames` (a scan; None: all at once). Results do not
+        depend on either split (up to float summation order): on CPU, a block whose
+        activations fit the caches runs several times faster than a 30 s batch whose
+        activations stream through memory at every layer."""
+        x, _ = self._pad(waveform)
+
+        def step(state, block):
+            z, state = self.encoder.stream(block, state)
+            return state, z.astype(jnp.float32)
+
+        block = None if block_frames is None else block_frames * self.cfg.hop
+        state, z = _in_blocks(step, state, x[..., None], block)
+        # Quantized outside the blocks: [frames, D] x [D, K] distance products are more
+        # efficient over all frames at once, and the embeddings are small.
+        return self.quantizer.encode(z, num_levels), state
+
+    def decode_stream(self, codes: jax.Array, state, *, block_frames: int | None = None):
+        """The waveform of the next code frames [b, t, q'] after `state`
+        (`decoder.init_stream(b)`, then what the previous call returned):
+        -> (waveform [b, t * hop] fp32, state); blocks as in `encode_stream`."""
+        def step(state, block):
+            y, state = self.decoder.stream(self.quantizer.decode(block), state)
+            return state, y[..., 0].astype(jnp.float32)
+
+        return _in_blocks(step, state, codes, block_frames)[::-1]
 
     def __call__(self, waveform: jax.Array, *, train: bool = False, key: jax.Array | None = None,
                  num_levels: int | None = None):
@@ -208,6 +227,25 @@ class Codec(nnx.Module):
         rvq = 2 * self.cfg.codebook_size * self.cfg.embedding_dim * t * self.cfg.num_levels
         return {"encoder": self.encoder.flops(t * self.cfg.hop), "quantizer": rvq,
                 "decoder": self.decoder.flops(t)}
+
+
+def _in_blocks(step, state, x: jax.Array, block: int | None):
+    """Runs `step(state, x[:, i:i + block]) -> (state, y)` over axis 1 of x in order (a scan
+    over the whole blocks, then the remainder) and joins the y's along axis 1."""
+    t = x.shape[1]
+    block = t if block is None else max(1, min(int(block), t))
+    whole = t - t % block
+    if whole == t and whole == block:
+        return step(state, x)
+    outs = []
+    if whole:
+        blocks = x[:, :whole].reshape(x.shape[0], whole // block, block, *x.shape[2:])
+        state, ys = jax.lax.scan(step, state, blocks.swapaxes(0, 1))
+        outs.append(ys.swapaxes(0, 1).reshape(x.shape[0], -1, *ys.shape[3:]))
+    if whole < t:
+        state, y = step(state, x[:, whole:])
+        outs.append(y)
+    return state, jnp.concatenate(outs, axis=1)
 
 
 def build_codec(cfg: CodecConfig, seed: int = 0) -> Codec:

@@ -4,27 +4,29 @@ mode for long inputs with bounded memory.
     codes = encode(graphdef, params, codebook_state, waveform[b, n], num_levels=q)  # [b, t, q]
     audio = decode(graphdef, params, codebook_state, codes[b, t, q'])              # [b, t*hop]
 
-`graphdef` is static (hashable), so each (graphdef, shape, q) compiles once.
+`graphdef` is static (hashable), so each (graphdef, shape, q, block) compiles once.
 
-Chunk borders (`encode_chunked` / `decode_chunked`). The model is causal with a finite
-look-back: a frame's embedding reads `Encoder.lookback_samples()` samples before its own
-hop, and a frame's samples read `Decoder.lookback_frames()` code frames before it. Long
-inputs are cut into windows of `context + chunk` frames whose first `context` frames are
-only there to fill that look-back; each window keeps its last `chunk` frames (the first
-window keeps all of its frames, since before it lies the same zero padding the unchunked
-model sees). With `context` >= the look-back (the default) every kept frame sees exactly
-the inputs it sees unchunked, so chunked == unchunked up to floating-point summation order
-(XLA may choose different conv algorithms for different lengths): waveforms agree to ~1e-6
-of their scale and codes agree except where a frame sits within rounding of a tie between
-two codes. With a smaller `context`, the first (look-back - context) frames after each
-border read zeros instead of the true past and differ. Every window has the same shape
-(the tail is right-padded with zeros, which a causal model ignores), so one compile serves
-a file of any length, and device memory is that of one window.
+Chunk borders. The model is causal and every layer can stream (`mufm.layers.seanet`): a
+chunk is encoded (decoded) after the state the previous chunk left, the last input samples
+(frames) each conv needs as left context. So chunked == unchunked at every border: no
+frame reads zeros in place of its true past and no overlap is recomputed. They agree up to
+floating-point summation order (XLA may pick different conv algorithms for different
+lengths): waveforms to ~1e-6 of their scale, codes except where a frame sits within
+rounding of a tie between two codes. Two levels of chunking use this:
+
+- `encode_chunked` / `decode_chunked` walk a host array of any length in chunks of
+  `chunk_frames` (default 30 s); every chunk has the same shape (the tail is right-padded
+  with zeros, which a causal model ignores), so one compile serves a file of any length,
+  and device memory is that of one chunk.
+- `block_frames` (every function here) runs the frames of one call through the model in
+  blocks, a `lax.scan` on the device. On CPU, "auto" (the default) picks blocks of
+  25-50 frames, which keep a block's activations in the caches: measured by `python -m mufm.bench.codec`, this is
+  what makes the paper codec run several times faster on 30 s of audio than one pass
+  whose every layer writes a 30 s activation to memory. On accelerators it is None.
 """
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable
 
 import jax
@@ -32,17 +34,56 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+# On CPU, "auto" runs blocks of CPU_BLOCK_BUDGET // batch frames (a block's activations
+# grow with both), but no fewer than CPU_MIN_BLOCK (shorter blocks leave the deep layers
+# too few rows per matmul). Measured by `python -m mufm.bench.codec --block_sweep=...`:
+# at batch 1, 50-100 frames were best; at batch 8, 25.
+CPU_BLOCK_BUDGET, CPU_MIN_BLOCK = 50, 25
+Block = int | None | str  # frames per block, None (all at once) or "auto"
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_levels"))
-def encode(graphdef, params, codebook_state, waveform: jax.Array, num_levels: int | None = None):
+
+def block_frames_for(block_frames: Block, batch: int = 1) -> int | None:
+    """"auto": on CPU, max(CPU_MIN_BLOCK, CPU_BLOCK_BUDGET // batch) frames (see the module
+    docstring); None (one pass) elsewhere."""
+    if block_frames == "auto":
+        if jax.default_backend() != "cpu":
+            return None
+        return max(CPU_MIN_BLOCK, CPU_BLOCK_BUDGET // batch)
+    if block_frames is not None and (not isinstance(block_frames, int) or block_frames < 1):
+        raise ValueError(f"block_frames={block_frames!r}: use a positive int, None or 'auto'")
+    return block_frames
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_levels", "block_frames"))
+def encode(graphdef, params, codebook_state, waveform: jax.Array, num_levels: int | None = None,
+           block_frames: Block = "auto"):
     """waveform [b, n] -> codes [b, ceil(n / hop), q] int32 (q = num_levels or N)."""
-    return nnx.merge(graphdef, params, codebook_state).encode(waveform, num_levels)
+    return nnx.merge(graphdef, params, codebook_state).encode(
+        waveform, num_levels, block_frames=block_frames_for(block_frames, waveform.shape[0]))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def decode(graphdef, params, codebook_state, codes: jax.Array):
+@functools.partial(jax.jit, static_argnames=("graphdef", "block_frames"))
+def decode(graphdef, params, codebook_state, codes: jax.Array, block_frames: Block = "auto"):
     """codes [b, t, q'] (q' <= N, the first q' levels) -> waveform [b, t * hop] fp32."""
-    return nnx.merge(graphdef, params, codebook_state).decode(codes)
+    return nnx.merge(graphdef, params, codebook_state).decode(
+        codes, block_frames=block_frames_for(block_frames, codes.shape[0]))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_levels", "block_frames"),
+                   donate_argnames=("state",))
+def encode_stream(graphdef, params, codebook_state, waveform: jax.Array, state,
+                  num_levels: int | None = None, block_frames: Block = "auto"):
+    """-> (codes, state): `Codec.encode_stream`, jitted."""
+    return nnx.merge(graphdef, params, codebook_state).encode_stream(
+        waveform, state, num_levels, block_frames=block_frames_for(block_frames, waveform.shape[0]))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "block_frames"), donate_argnames=("state",))
+def decode_stream(graphdef, params, codebook_state, codes: jax.Array, state,
+                  block_frames: Block = "auto"):
+    """-> (waveform, state): `Codec.decode_stream`, jitted."""
+    return nnx.merge(graphdef, params, codebook_state).decode_stream(
+        codes, state, block_frames=block_frames_for(block_frames, codes.shape[0]))
 
 
 class BadAudioError(ValueError):
@@ -86,68 +127,59 @@ def check_codes(codes, *, num_levels: int, codebook_size: int) -> np.ndarray:
     return arr.astype(np.int32, copy=False)
 
 
-def _windows(total: int, chunk: int, context: int):
-    """Yields (window_start, keep_from, keep_to) in frames; every window spans
-    context + chunk frames (the first starts at 0 and keeps everything it covers)."""
-    width = context + chunk
-    yield 0, 0, min(width, total)
-    start = width
-    while start < total:
-        yield start - context, start, min(start + chunk, total)
-        start += chunk
-
-
-def _shape_of(graphdef, params, codebook_state):
-    model = nnx.merge(graphdef, params, codebook_state)
-    return model.cfg, model.encoder.lookback_samples(), model.decoder.lookback_frames()
-
-
 def encode_chunked(graphdef, params, codebook_state, waveform, *, num_levels: int | None = None,
-                   chunk_frames: int = 1500, context_frames: int | None = None,
+                   chunk_frames: int = 1500, block_frames: Block = "auto",
                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Like `encode` on a host array [b, n] of any length, one window at a time.
-
-    `context_frames` defaults to the encoder look-back rounded up to whole frames (see the
-    module docstring for what smaller values do at chunk borders). `progress(done, total)`
-    is called after each window with frame counts.
-    """
-    cfg, lookback, _ = _shape_of(graphdef, params, codebook_state)
-    context = math.ceil(lookback / cfg.hop) if context_frames is None else int(context_frames)
+    """Like `encode` on a host array [b, n] of any length, one chunk at a time, each chunk
+    continuing from the state the one before left. `progress(done, total)` is called after
+    each chunk with frame counts."""
+    model = nnx.merge(graphdef, params, codebook_state)
+    cfg = model.cfg
     waveform = check_waveform(waveform, expected_rate=cfg.sample_rate)
     b, n = waveform.shape
     total = -(-n // cfg.hop)
-    width = context + chunk_frames
     q = cfg.num_levels if num_levels is None else num_levels
+    block = _block(block_frames, chunk_frames, b)
     out = np.zeros((b, total, q), np.int32)
-    padded = np.zeros((b, (total + width) * cfg.hop), np.float32)
+    padded = np.zeros((b, -(-total // chunk_frames) * chunk_frames * cfg.hop), np.float32)
     padded[:, :n] = waveform
-    for start, keep_from, keep_to in _windows(total, chunk_frames, context):
-        window = padded[:, start * cfg.hop:(start + width) * cfg.hop]
-        codes = np.asarray(encode(graphdef, params, codebook_state, jnp.asarray(window), q))
-        out[:, keep_from:keep_to] = codes[:, keep_from - start:keep_to - start]
+    state = model.encoder.init_stream(b)
+    for start in range(0, total, chunk_frames):
+        window = padded[:, start * cfg.hop:(start + chunk_frames) * cfg.hop]
+        codes, state = encode_stream(graphdef, params, codebook_state, jnp.asarray(window), state,
+                                     q, block)
+        end = min(start + chunk_frames, total)
+        out[:, start:end] = np.asarray(codes)[:, :end - start]
         if progress:
-            progress(keep_to, total)
+            progress(end, total)
     return out
 
 
 def decode_chunked(graphdef, params, codebook_state, codes, *, chunk_frames: int = 1500,
-                   context_frames: int | None = None,
+                   block_frames: Block = "auto",
                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Like `decode` on host codes [b, t, q'] of any length, one window at a time;
-    `context_frames` defaults to the decoder look-back."""
-    cfg, _, lookback = _shape_of(graphdef, params, codebook_state)
-    context = lookback if context_frames is None else int(context_frames)
+    """Like `decode` on host codes [b, t, q'] of any length, one chunk at a time."""
+    model = nnx.merge(graphdef, params, codebook_state)
+    cfg = model.cfg
     codes = check_codes(codes, num_levels=cfg.num_levels, codebook_size=cfg.codebook_size)
     b, total, q = codes.shape
-    width = context + chunk_frames
-    padded = np.zeros((b, total + width, q), np.int32)
+    block = _block(block_frames, chunk_frames, b)
+    padded = np.zeros((b, -(-total // chunk_frames) * chunk_frames, q), np.int32)
     padded[:, :total] = codes
     out = np.zeros((b, total * cfg.hop), np.float32)
-    for start, keep_from, keep_to in _windows(total, chunk_frames, context):
-        audio = np.asarray(decode(graphdef, params, codebook_state,
-                                  jnp.asarray(padded[:, start:start + width])))
-        out[:, keep_from * cfg.hop:keep_to * cfg.hop] = \
-            audio[:, (keep_from - start) * cfg.hop:(keep_to - start) * cfg.hop]
+    state = model.decoder.init_stream(b)
+    for start in range(0, total, chunk_frames):
+        audio, state = decode_stream(graphdef, params, codebook_state,
+                                     jnp.asarray(padded[:, start:start + chunk_frames]), state, block)
+        end = min(start + chunk_frames, total)
+        out[:, start * cfg.hop:end * cfg.hop] = np.asarray(audio)[:, :(end - start) * cfg.hop]
         if progress:
-            progress(keep_to, total)
+            progress(end, total)
     return out
+
+
+def _block(block_frames: Block, chunk_frames: int, batch: int) -> int | None:
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames={chunk_frames}: must be >= 1")
+    block = block_frames_for(block_frames, batch)
+    return None if block is None else min(block, chunk_frames)

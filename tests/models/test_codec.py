@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+from mufm.layers.seanet import CausalConv1d, CausalConvTranspose1d
 from mufm.models.codec import CodecConfig, apply_codec, build_codec, split_codec
 from mufm.models.codec_losses import CodecLossConfig, multiscale_mel_loss
 from mufm.parallel.mesh import DEFAULT_RULES
@@ -49,18 +50,45 @@ def test_encoder_and_decoder_are_causal(model):
     assert not np.allclose(np.asarray(wx[:, t * hop:(t + 1) * hop]), np.asarray(wy[:, t * hop:(t + 1) * hop]))
 
 
-def test_lookback_matches_the_receptive_field(model):
-    # Changing samples just outside the computed look-back of frame t leaves frame t alone;
-    # changing the first sample inside it does not (the analytic figure is tight).
-    hop, t = TINY.hop, 20
-    lb = model.encoder.lookback_samples()
-    x = jax.random.normal(jax.random.key(2), (1, 24 * hop))
-    edge = t * hop - lb
-    outside = x.at[:, edge - 1].add(10.0)
-    inside = x.at[:, edge].add(10.0)
-    e, eo, ei = (np.asarray(model.embed(v)[:, t]) for v in (x, outside, inside))
-    np.testing.assert_array_equal(e, eo)
-    assert not np.array_equal(e, ei)
+@pytest.mark.parametrize("layer, chunks", [
+    (CausalConv1d(3, 5, 7, dilation=3, rngs=nnx.Rngs(0)), (5, 1, 17, 9)),
+    (CausalConv1d(3, 5, 8, stride=4, rngs=nnx.Rngs(0)), (4, 12, 8, 8)),
+    (CausalConv1d(1, 5, 7, dilation=2, rngs=nnx.Rngs(0)), (3, 1, 20)),  # stem-like, as a matmul
+    (CausalConv1d(3, 1, 7, rngs=nnx.Rngs(0)), (9, 2, 13)),  # head-like, as a matmul
+    (CausalConvTranspose1d(3, 5, 7, stride=3, rngs=nnx.Rngs(0)), (1, 4, 2, 5)),  # 2 frames of context
+    (CausalConvTranspose1d(3, 5, 3, stride=3, rngs=nnx.Rngs(0)), (2, 3, 1, 6)),  # none
+])
+def test_seanet_layers_stream_exactly(layer, chunks):
+    x = jax.random.normal(jax.random.key(3), (2, sum(chunks), layer.shape[1]))
+    state, outs, at = layer.init_stream(2), [], 0
+    for c in chunks:
+        y, state = layer.stream(x[:, at:at + c], state)
+        outs.append(y)
+        at += c
+    np.testing.assert_allclose(np.concatenate(outs, 1), np.asarray(layer(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("c_in, c_out, dilation", [(1, 6, 1), (1, 6, 3), (6, 1, 1), (6, 1, 9)])
+def test_single_channel_convs_match_the_lax_conv(c_in, c_out, dilation):
+    # The stem (one input channel) and head (one output channel) run as matmuls.
+    layer = CausalConv1d(c_in, c_out, 7, dilation=dilation, rngs=nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(4), (2, 100, c_in))
+    ref = jax.lax.conv_general_dilated(x, layer.kernel[...], (1,), ((6 * dilation, 0),),
+                                       rhs_dilation=(dilation,), dimension_numbers=("NWC", "WIO", "NWC"))
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(ref + layer.bias[...]),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, stride", [(6, 3), (7, 3), (16, 8), (4, 4)])
+def test_transposed_conv_is_the_causal_part_of_a_direct_transposed_conv(kernel, stride):
+    layer = CausalConvTranspose1d(3, 2, kernel, stride=stride, rngs=nnx.Rngs(2))
+    x = np.asarray(jax.random.normal(jax.random.key(5), (1, 9, 3)))
+    w = np.asarray(layer.kernel[...])
+    full = np.zeros((1, 9 * stride + kernel, 2), np.float32)
+    for f in range(9):  # every input frame scatters its K taps from f * stride on
+        full[:, f * stride:f * stride + kernel] += np.einsum("bc,kcd->bkd", x[:, f], w)
+    np.testing.assert_allclose(np.asarray(layer(jnp.asarray(x))), full[:, :9 * stride],
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_every_parameter_has_known_logical_axes(model):

@@ -1,8 +1,12 @@
-"""Tokenizer API: jitted encode/decode for any number of levels, chunked == unchunked."""
+"""Tokenizer API: jitted encode/decode for any number of levels; chunked, blocked and
+streamed == unchunked."""
 import numpy as np
 import jax.numpy as jnp
 
-from mufm.models.codec_tokenizer import decode, decode_chunked, encode, encode_chunked
+import pytest
+
+from mufm.models.codec_tokenizer import (CPU_BLOCK_BUDGET, CPU_MIN_BLOCK, block_frames_for, decode,
+                                         decode_chunked, encode, encode_chunked)
 
 
 def _signal(seconds=4.0, seed=0):
@@ -25,22 +29,49 @@ def test_jitted_encode_decode_any_level_count(tiny_codec_parts):
 
 def test_chunked_matches_unchunked_at_chunk_borders(tiny_codec_parts):
     g, p, s = tiny_codec_parts
-    wave = _signal(4.3)  # 215 frames: windows of 40 leave a ragged tail
-    full_codes = np.asarray(encode(g, p, s, jnp.asarray(wave)))
-    chunked_codes = encode_chunked(g, p, s, wave, chunk_frames=40)
+    wave = _signal(4.3)  # 215 frames: chunks of 40 leave a ragged tail
+    full_codes = np.asarray(encode(g, p, s, jnp.asarray(wave), block_frames=None))
+    # Chunks of 40 frames carried over in blocks of 7 (and a remainder of 5 per chunk).
+    chunked_codes = encode_chunked(g, p, s, wave, chunk_frames=40, block_frames=7)
     assert chunked_codes.shape == full_codes.shape
     # Codes may only differ where two codes tie within float rounding: here, nowhere.
-    assert np.mean(chunked_codes == full_codes) > 0.995
+    np.testing.assert_array_equal(chunked_codes, full_codes)
 
-    full_wave = np.asarray(decode(g, p, s, jnp.asarray(full_codes)))
+    full_wave = np.asarray(decode(g, p, s, jnp.asarray(full_codes), block_frames=None))
     seen = []
-    chunked_wave = decode_chunked(g, p, s, full_codes, chunk_frames=40,
+    chunked_wave = decode_chunked(g, p, s, full_codes, chunk_frames=40, block_frames=7,
                                   progress=lambda done, total: seen.append((done, total)))
-    assert chunked_wave.shape == full_wave.shape and seen[-1] == (215, 215)
+    assert chunked_wave.shape == full_wave.shape
+    assert seen == [(40, 215), (80, 215), (120, 215), (160, 215), (200, 215), (215, 215)]
     scale = np.abs(full_wave).max()
     np.testing.assert_allclose(chunked_wave, full_wave, atol=1e-5 * scale)
+    # The samples right after each border are the ones a chunk without its carried state
+    # gets wrong: the carried state is what makes the borders exact.
+    restarted = np.concatenate([np.asarray(decode(g, p, s, jnp.asarray(full_codes[:, i:i + 40]),
+                                                  block_frames=None))
+                                for i in range(0, 215, 40)], axis=1)
+    border = slice(40 * 480, 41 * 480)
+    assert np.abs(restarted[:, border] - full_wave[:, border]).max() > 1e-3 * scale
+    np.testing.assert_allclose(chunked_wave[:, border], full_wave[:, border], atol=1e-5 * scale)
 
-    # Without the look-back context the frames right after each border are wrong: the
-    # context is what makes the borders exact.
-    no_context = decode_chunked(g, p, s, full_codes, chunk_frames=40, context_frames=0)
-    assert np.abs(no_context - full_wave).max() > 1e-3 * scale
+
+@pytest.mark.parametrize("block", [1, 6, 50])
+def test_blocked_encode_decode_match_one_pass(tiny_codec_parts, block):
+    g, p, s = tiny_codec_parts
+    wave = jnp.asarray(np.repeat(_signal(0.5, seed=1), 2, 0))  # 25 frames
+    codes = encode(g, p, s, wave, block_frames=None)
+    np.testing.assert_array_equal(np.asarray(encode(g, p, s, wave, block_frames=block)),
+                                  np.asarray(codes))
+    ref = np.asarray(decode(g, p, s, codes, block_frames=None))
+    out = np.asarray(decode(g, p, s, codes, block_frames=block))
+    np.testing.assert_allclose(out, ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_block_frames_values():
+    # The tests run on CPU: blocks shrink with the batch, down to the minimum.
+    assert block_frames_for("auto", 1) == CPU_BLOCK_BUDGET
+    assert block_frames_for("auto", 1000) == CPU_MIN_BLOCK
+    assert block_frames_for(None) is None and block_frames_for(3) == 3
+    for bad in (0, -2, "fast", 1.5):
+        with pytest.raises(ValueError, match="block_frames"):
+            block_frames_for(bad)
