@@ -127,7 +127,7 @@ def bench_config(name: str, cfg: CodecConfig, seconds: float, batches, audio_pat
         for label, block in modes:
             frames = block_frames_for(block, b)
             t_enc, t_dec = time_codec(graphdef, params, state, wave, frames,
-                                      repeats=3 if name != "paper" else 2)
+                                      repeats=3)
             audio = seconds * b
             achieved = b * (enc_flops + dec_flops) / (t_enc + t_dec)
             if block == "auto":
