@@ -43,6 +43,7 @@ from flax import nnx
 from mufm.layers.seanet import elu
 from mufm.models.codec import CodecConfig, build_codec, split_codec
 from mufm.models.codec_losses import CodecLossConfig  # noqa: F401  (gin files bind it)
+from mufm.models import codec_tokenizer
 from mufm.models.codec_tokenizer import block_frames_for
 from mufm.models.discriminators import DiscriminatorConfig  # noqa: F401
 
@@ -99,16 +100,11 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
 
 
 def time_codec(graphdef, params, state, wave, block, repeats: int):
-    """(encode seconds, decode seconds) of the AOT-compiled tokenizer programs, best of N."""
-    def encode(params, state, wave):
-        return nnx.merge(graphdef, params, state).encode(wave, block_frames=block)
-
-    def decode(params, state, codes):
-        return nnx.merge(graphdef, params, state).decode(codes, block_frames=block)
-
-    enc = jax.jit(encode).lower(params, state, wave).compile()
+    """(encode seconds, decode seconds) of the tokenizer's jitted programs, compiled ahead of
+    time (weights as arguments), best of N."""
+    enc = codec_tokenizer.encode.lower(graphdef, params, state, wave, block_frames=block).compile()
     codes = enc(params, state, wave)
-    dec = jax.jit(decode).lower(params, state, codes).compile()
+    dec = codec_tokenizer.decode.lower(graphdef, params, state, codes, block_frames=block).compile()
     # Best of several runs: the machine is shared, and one slow run says more about the
     # neighbours than about the codec.
     return timed(enc, params, state, wave, repeats=repeats), timed(dec, params, state, codes, repeats=repeats)

@@ -29,7 +29,7 @@ def _example(index: tf.Tensor, split_seed: tf.Tensor, split: str) -> dict[str, t
     per_note = n // NOTES
     key = tf.stack([split_seed, index])
     draw = lambda i, shape, lo, hi: tf.random.stateless_uniform(
-            shape, tf.random.experimental.stateless_fold_in(key, i), lo, hi)
+        shape, tf.random.experimental.stateless_fold_in(key, i), lo, hi)
     f0 = tf.exp(draw(0, [NOTES, 1], math.log(80.0), math.log(1000.0)))
     amps = draw(1, [NOTES, HARMONICS], 0.0, 1.0) / tf.range(1.0, HARMONICS + 1.0)
     phase = draw(2, [NOTES, HARMONICS], 0.0, 2 * math.pi)
@@ -42,18 +42,18 @@ def _example(index: tf.Tensor, split_seed: tf.Tensor, split: str) -> dict[str, t
     envelope = tf.minimum(t / 0.01, 1.0) * tf.exp(-decay * t)
     wave = tf.reshape(gain * envelope * tones, [-1])
     wave = wave + 0.003 * tf.random.stateless_normal(
-            tf.shape(wave), tf.random.experimental.stateless_fold_in(key, 5))
+        tf.shape(wave), tf.random.experimental.stateless_fold_in(key, 5))
     wave = tf.pad(wave, [[0, n - NOTES * per_note]])
     empty = tf.constant("")
     return {"waveform": tf.clip_by_value(wave, -1.0, 1.0), "waveform_length": tf.constant(n),
-                    "bpm": tf.constant(0), "caption": tf.constant("synthetic harmonic notes"),
-                    "clip_id": tf.strings.as_string(index), "key": empty, "mode": empty,
-                    "time_signature": empty, "instruments": empty, "composer": empty,
-                    "attributes_json": tf.constant("{}"), tasks._SPLIT_KEY: tf.constant(split)}
+            "bpm": tf.constant(0), "caption": tf.constant("synthetic harmonic notes"),
+            "clip_id": tf.strings.as_string(index), "key": empty, "mode": empty,
+            "time_signature": empty, "instruments": empty, "composer": empty,
+            "attributes_json": tf.constant("{}"), tasks._SPLIT_KEY: tf.constant(split)}
 
 
 def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None,
-                              shard_info: seqio.ShardInfo | None = None) -> tf.data.Dataset:
+               shard_info: seqio.ShardInfo | None = None) -> tf.data.Dataset:
     del shuffle_files  # examples are i.i.d. by construction
     if split not in _SPLITS:
         raise ValueError(f"{TASK_NAME}: unknown split {split!r}; known {sorted(_SPLITS)}")
@@ -64,18 +64,18 @@ def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None,
     if shard_info is not None:
         ds = ds.shard(shard_info.num_shards, shard_info.index)
     return ds.map(lambda i: _example(i, split_seed, split), num_parallel_calls=tf.data.AUTOTUNE,
-                                deterministic=True)
+                  deterministic=True)
 
 
 def register() -> seqio.Task:
     if TASK_NAME in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(TASK_NAME)
     return seqio.TaskRegistry.add(
-            TASK_NAME,
-            source=seqio.FunctionDataSource(dataset_fn, splits=tuple(_SPLITS)),
-            output_features=tasks.audio_output_features(),
-            preprocessors=[tasks._partial(tasks.crop_waveform, crop_seconds=1.0, pad_short=True)],
-            shuffle_buffer_size=64)
+        TASK_NAME,
+        source=seqio.FunctionDataSource(dataset_fn, splits=tuple(_SPLITS)),
+        output_features=tasks.audio_output_features(),
+        preprocessors=[tasks._partial(tasks.crop_waveform, crop_seconds=1.0, pad_short=True)],
+        shuffle_buffer_size=64)
 
 
 register()

@@ -176,7 +176,28 @@ class ResidualUnit(nnx.Module):
 DILATIONS = (1, 3, 9)
 
 
-class EncoderBlock(nnx.Module):
+class Chain(nnx.Module):
+    """Layers applied in order, each optionally after an ELU (`steps()`: [(layer, elu_first)]),
+    callable on a whole signal or streamed: the state is the list of the layers' states."""
+
+    def steps(self) -> list[tuple[nnx.Module, bool]]:
+        raise NotImplementedError
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.stream(x, None)[0]
+
+    def init_stream(self, batch: int) -> list:
+        return [layer.init_stream(batch) for layer, _ in self.steps()]
+
+    def stream(self, x: jax.Array, state):
+        steps = self.steps()
+        states = [None] * len(steps) if state is None else list(state)
+        for i, (layer, elu_first) in enumerate(steps):
+            x, states[i] = layer.stream(elu(x) if elu_first else x, states[i])
+        return x, (None if state is None else states)
+
+
+class EncoderBlock(Chain):
     """Residual units at `c_in` channels, then ELU and a strided conv (K = 2 * stride)
     to `c_out` channels: time / stride."""
 
@@ -187,25 +208,14 @@ class EncoderBlock(nnx.Module):
                                for d in DILATIONS])
         self.down = CausalConv1d(c_in, c_out, 2 * stride, stride=stride, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.stream(x, None)[0]
-
-    def init_stream(self, batch: int):
-        return [u.init_stream(batch) for u in self.units], self.down.init_stream(batch)
-
-    def stream(self, x: jax.Array, state):
-        units, down = state or ([None] * len(self.units), None)
-        units = list(units)
-        for i, unit in enumerate(self.units):
-            x, units[i] = unit.stream(x, units[i])
-        y, down = self.down.stream(elu(x), down)
-        return y, (None if state is None else (units, down))
+    def steps(self):
+        return [(u, False) for u in self.units] + [(self.down, True)]
 
     def flops(self, t: int) -> int:
         return sum(u.flops(t) for u in self.units) + self.down.flops(t)
 
 
-class DecoderBlock(nnx.Module):
+class DecoderBlock(Chain):
     """ELU and a causal transposed conv (K = 2 * stride) to `c_out` channels: time * stride,
     then residual units at `c_out` channels."""
 
@@ -216,19 +226,8 @@ class DecoderBlock(nnx.Module):
                                             rngs=rngs)
                                for d in DILATIONS])
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.stream(x, None)[0]
-
-    def init_stream(self, batch: int):
-        return self.up.init_stream(batch), [u.init_stream(batch) for u in self.units]
-
-    def stream(self, x: jax.Array, state):
-        up, units = state or (None, [None] * len(self.units))
-        units = list(units)
-        x, up = self.up.stream(elu(x), up)
-        for i, unit in enumerate(self.units):
-            x, units[i] = unit.stream(x, units[i])
-        return x, (None if state is None else (up, units))
+    def steps(self):
+        return [(self.up, True)] + [(u, False) for u in self.units]
 
     def flops(self, t: int) -> int:
         t_up = t * self.up.stride

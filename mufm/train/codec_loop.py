@@ -73,7 +73,7 @@ def build_codec_program(codec: CodecConfig, discriminator: DiscriminatorConfig,
                         run: RunConfig, devices: Sequence[jax.Device] | None = None) -> CodecProgram:
     if losses.sample_rate != codec.sample_rate:
         raise GinConfigError(f"CodecLossConfig.sample_rate={losses.sample_rate} differs from "
-                         f"CodecConfig.sample_rate={codec.sample_rate}")
+                             f"CodecConfig.sample_rate={codec.sample_rate}")
     device_mesh = build_mesh(mesh, devices)
     rules = mesh.rules
     made = {"generator": make_optimizer(generator_optimizer, run.train_steps),
@@ -118,8 +118,8 @@ def train_codec(codec: CodecConfig = gin.REQUIRED, discriminator: DiscriminatorC
                 run: RunConfig = gin.REQUIRED) -> dict[str, float]:
     """Trains the codec GAN; returns the last logged metrics."""
     if data.sequence_length % codec.hop:
-        raise GinConfigError(f"DataConfig.sequence_length={data.sequence_length} (crop samples) is not "
-                         f"a multiple of the codec hop {codec.hop}")
+        raise GinConfigError(f"DataConfig.sequence_length={data.sequence_length} (crop samples) "
+                             f"is not a multiple of the codec hop {codec.hop}")
     maybe_initialize_distributed()
     program = build_codec_program(codec, discriminator, losses, gan, generator_optimizer,
                                   discriminator_optimizer, mesh, run)

@@ -120,18 +120,13 @@ def gan_train_step(state: TrainState, batch: dict, *, spec: ModelSpec,
     ok = jnp.isfinite(terms["generator_loss"]) & jnp.isfinite(terms["discriminator_loss"])
     for norm in norms.values():
         ok = ok & jnp.isfinite(norm)
-    keep = lambda take, new, old: jax.tree.map(lambda n, o: jnp.where(take, n, o), new, old)
+    # Only the groups with gradients are updated (the warm-up leaves the discriminator's
+    # parameters and Adam statistics as they are).
     new_params, new_opt = dict(params), dict(state.opt_state)
     for name, g in grads.items():
-        updates, opt = txs[name].update(g, state.opt_state[name], params[name])
-        new_params[name] = keep(ok, optax.apply_updates(params[name], updates), params[name])
-        new_opt[name] = keep(ok, opt, state.opt_state[name])
-    new_state = state.replace(
-        step=state.step + 1, params=new_params, opt_state=new_opt,
-        model_state=keep(ok, codebooks, state.model_state),
-        nonfinite_skipped=state.nonfinite_skipped + (~ok).astype(jnp.int32),
-        nonfinite_streak=jnp.where(ok, 0, state.nonfinite_streak + 1),
-    )
+        updates, new_opt[name] = txs[name].update(g, state.opt_state[name], params[name])
+        new_params[name] = optax.apply_updates(params[name], updates)
+    new_state = state.advance(ok, params=new_params, opt_state=new_opt, model_state=codebooks)
     norms.setdefault("discriminator", jnp.zeros((), jnp.float32))
     metrics = dict(terms, **levels)
     metrics.update({f"grad_norm/{k}": v for k, v in norms.items()})

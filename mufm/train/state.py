@@ -30,6 +30,17 @@ class TrainState:
     nonfinite_skipped: jax.Array  # total updates skipped for a non-finite loss / gradient
     nonfinite_streak: jax.Array  # consecutive skips up to now
 
+    def advance(self, ok: jax.Array, **updates) -> "TrainState":
+        """The next step's state: `updates` (params=..., opt_state=..., model_state=...) taken
+        where `ok` (a finite loss and gradients), else the old values kept and the skip
+        counters raised. Every trainer's step ends here."""
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+        return self.replace(
+            step=self.step + 1,
+            **{name: keep(new, getattr(self, name)) for name, new in updates.items()},
+            nonfinite_skipped=self.nonfinite_skipped + (~ok).astype(jnp.int32),
+            nonfinite_streak=jnp.where(ok, 0, self.nonfinite_streak + 1))
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:

@@ -101,14 +101,7 @@ def train_step(state: TrainState, batch: dict, *, spec: ModelSpec, tx: optax.Gra
     new_params = optax.apply_updates(state.params, updates)
     metrics = summarize(stats, cfg.stream_names)
     ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt, state.opt_state),
-        nonfinite_skipped=state.nonfinite_skipped + (~ok).astype(jnp.int32),
-        nonfinite_streak=jnp.where(ok, 0, state.nonfinite_streak + 1),
-    )
+    new_state = state.advance(ok, params=new_params, opt_state=new_opt)
     metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step),
                    nonfinite_skipped=new_state.nonfinite_skipped,
                    nonfinite_streak=new_state.nonfinite_streak)
