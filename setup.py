@@ -33,7 +33,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # libtpu lets a CPU-only machine compile ahead of time for a TPU topology
-    # (mufm.parallel.compile_check); keep CPU runs pinned with JAX_PLATFORMS=cpu.
+    # (mufm.train.compile_check); keep CPU runs pinned with JAX_PLATFORMS=cpu.
     "tpu": ["jax[tpu]==0.10.2"],
     "beam": ["apache-beam==2.77.0"],
     "dev": ["pytest==9.2.0"],

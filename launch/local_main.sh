@@ -17,7 +17,7 @@ echo "[main] building the quick corpus in $CORPUS_DIR"
 .venv/bin/python -m mufm.data.corpus build --config=quick --out="$CORPUS_DIR"
 
 echo "[main] training the codec into $RUN_DIR (TensorBoard: tensorboard --logdir $RUN_DIR)"
-.venv/bin/python -m mufm.codec train --gin_file=experiments/codec_corpus_cpu.gin \
+.venv/bin/python -m mufm.train --gin_file=experiments/codec_corpus_cpu.gin \
   --gin.MODEL_DIR=\""$RUN_DIR"\" --gin.CORPUS_DIR=\""$CORPUS_DIR"\"
 
 echo "[main] evaluating on held-out clips against Opus and mu-law"

@@ -1,4 +1,5 @@
 """Every gin file under configs/ parses; bad flags fail before compute, naming the culprit."""
+import dataclasses
 import glob
 import os
 
@@ -14,7 +15,7 @@ GIN_FILES = sorted(os.path.relpath(p, CONFIGS_DIR)
 def test_configs_folder_is_found():
     assert len(GIN_FILES) >= 8, GIN_FILES
     for needed in ("models/tiny.gin", "models/small.gin", "models/base.gin", "models/musiclm.gin",
-                   "mesh/cpu.gin", "mesh/cpu8.gin", "runs/pretrain.gin",
+                   "mesh/cpu.gin", "mesh/cpu8.gin", "runs/lm.gin",
                    "experiments/synthetic_tiny.gin"):
         assert needed in GIN_FILES
 
@@ -37,7 +38,7 @@ def test_experiment_binds_required_macros():
 
 def test_musiclm_model_is_paper_sized():
     import gin
-    from mufm.models.lm import LMConfig, param_count
+    from mufm.lm.model import LMConfig, param_count
 
     gin_flags.parse(["models/musiclm.gin"], [], finalize=False)
     cfg = LMConfig()
@@ -48,7 +49,7 @@ def test_musiclm_model_is_paper_sized():
 
 def test_base_model_matches_issue():
     import gin
-    from mufm.models.lm import LMConfig
+    from mufm.lm.model import LMConfig
 
     gin_flags.parse(["models/base.gin"], [], finalize=False)
     cfg = LMConfig()
@@ -96,7 +97,7 @@ def test_mesh_that_does_not_divide_devices_is_named(tmp_path, capsys):
 def test_missing_required_macro_is_named(tmp_path, capsys):
     from mufm.train.__main__ import main
 
-    rc = main(["--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin", "--gin_file=mesh/cpu.gin"])
+    rc = main(["--gin_file=models/tiny.gin", "--gin_file=runs/lm.gin", "--gin_file=mesh/cpu.gin"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "MODEL_DIR" in err or "model_dir" in err
@@ -109,13 +110,12 @@ CODEC_EXPERIMENTS = [p for p in GIN_FILES if p.startswith("experiments/codec_")]
 def test_codec_experiment_builds_every_config(path):
     import gin
 
-    from mufm.models.codec import CodecConfig
+    from mufm.codec.model import CodecConfig
 
     gin_flags.parse([path], ['MODEL_DIR="/tmp/x"'])
     try:
-        names = ("codec", "discriminator", "losses", "gan", "data", "generator_optimizer",
-                 "discriminator_optimizer", "checkpoint", "mesh", "run")
-        cfgs = {n: gin.query_parameter(f"train_codec.{n}").scoped_configurable_fn() for n in names}
+        task = gin.query_parameter("train.task").scoped_configurable_fn()
+        cfgs = dataclasses.asdict(task) | {"codec": task.codec, "data": task.data, "gan": task.gan}
         assert isinstance(cfgs["codec"], CodecConfig) and cfgs["codec"].frame_rate == 50.0
         assert cfgs["data"].sequence_length % cfgs["codec"].hop == 0
         assert max(cfgs["gan"].eval_levels) <= cfgs["codec"].num_levels

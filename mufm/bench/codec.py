@@ -5,7 +5,7 @@ For each model config (configs/models/codec_<name>.gin) it prints the encode and
 real-time factors (seconds of audio per second of compute; higher is faster) on `seconds`
 of audio at each batch size, and the achieved FLOP/s of encode+decode divided by the FLOP/s
 of a 2048^3 fp32 jitted matmul measured in the same process. Encode and decode run as the
-tokenizer runs them (`mufm.models.codec_tokenizer`, block_frames="auto": on CPU, blocks of
+tokenizer runs them (`mufm.codec.tokenizer`, block_frames="auto": on CPU, blocks of
 25-50 frames in a scan, exact); for the paper config the same is also
 timed in one pass over the whole 30 s (block_frames=None), which is what blocking saves.
 Then, for the paper config, where the time goes (each encoder/decoder stage and the
@@ -41,11 +41,11 @@ import numpy as np
 from flax import nnx
 
 from mufm.layers.seanet import elu
-from mufm.models.codec import CodecConfig, build_codec, split_codec
-from mufm.models.codec_losses import CodecLossConfig  # noqa: F401  (gin files bind it)
-from mufm.models import codec_tokenizer
-from mufm.models.codec_tokenizer import block_frames_for
-from mufm.models.discriminators import DiscriminatorConfig  # noqa: F401
+from mufm.codec.model import CodecConfig, build_codec, split_codec
+from mufm.codec.losses import CodecLossConfig  # noqa: F401  (gin files bind it)
+from mufm.codec import tokenizer as codec_tokenizer
+from mufm.codec.tokenizer import block_frames_for
+from mufm.codec.discriminators import DiscriminatorConfig  # noqa: F401
 
 SAMPLE_RATE = 24_000
 

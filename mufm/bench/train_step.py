@@ -3,7 +3,7 @@
     python -m mufm.bench.train_step --config base [--steps 3] [--batch 8] [--seq 1024]
 
 Model FLOPs per step = tokens x (6 x N_matmul + 12 x layers x seq x heads x head_dim)
-(mufm.models.lm.train_flops_per_token: every matmul of forward and backward, attention
+(mufm.lm.model.train_flops_per_token: every matmul of forward and backward, attention
 scores and weighted sums included, no remat recompute). The yardstick is a jitted 2048^3
 fp32 matmul timed in the same process, before and after the step timing (the mean of the
 two is used, so a change in machine load during the run shows up as a spread).
@@ -21,12 +21,13 @@ import numpy as np
 from mufm import gin_flags
 from mufm.bench.matmul_peak import matmul_flops_per_s
 from mufm.data.pipeline import DataConfig
-from mufm.models.lm import LMConfig, param_count, train_flops_per_token
+from mufm.lm.model import LMConfig, param_count, train_flops_per_token
+from mufm.lm.task import LMTask
 from mufm.parallel.logical import sharding_context
 from mufm.parallel.mesh import MeshConfig
 from mufm.train.loop import RunConfig, build_program
 from mufm.train.optim import OptimizerConfig
-from mufm.train.state import initialize, merge_model
+from mufm.train.state import merge_model
 
 DEFAULT_SHAPES = {"tiny": (16, 128), "small": (8, 512), "base": (8, 1024), "musiclm": (1, 1024)}
 
@@ -96,15 +97,15 @@ def main(argv=None) -> None:
     peak_before = matmul_flops_per_s()
     # The training program itself (same jitted, donated, sharded step as `train()`), on one
     # device: XLA:CPU spreads a single device's ops over every core.
-    program = build_program(
-        cfg, DataConfig(sequence_length=seq, batch_size=batch, pack=False), OptimizerConfig(),
-        MeshConfig(ici_parallelism=(1, 1, 1)), RunConfig(model_dir="", train_steps=1000),
-        devices=jax.devices()[:1])
+    task = LMTask(model=cfg, data=DataConfig(sequence_length=seq, batch_size=batch, pack=False),
+                  optimizer=OptimizerConfig())
+    program = build_program(task, MeshConfig(ici_parallelism=(1, 1, 1)),
+                            RunConfig(model_dir="", train_steps=1000), devices=jax.devices()[:1])
     spec = program.spec
     with sharding_context(program.mesh, program.rules):
-        state = initialize(program.make_model, program.tx, program.shardings, seed=0)
+        state = program.initialize(seed=0)
         data = random_batch(batch, seq, cfg.vocab_size)
-        step_s, state = time_steps(program.train_step, state, data, args.steps)
+        step_s, state = time_steps(program.steps["train"], state, data, args.steps)
 
         # Where the time goes: the forward pass alone, and the step's matmuls alone.
         fwd = jax.jit(lambda p, x: merge_model(spec, p)(x).sum())

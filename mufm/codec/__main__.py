@@ -1,6 +1,6 @@
 """python -m mufm.codec COMMAND ...
 
-  train     --gin_file=experiments/codec_corpus_cpu.gin --gin.MODEL_DIR=\"runs/codec\" [--gin.X=Y]
+  train     (alias of python -m mufm.train) --gin_file=experiments/codec_corpus_cpu.gin --gin.MODEL_DIR=\"runs/codec\" [--gin.X=Y]
   encode    --checkpoint_dir=DIR in.wav out.npy      [--num_levels=Q] [--chunk_seconds=S]
   decode    --checkpoint_dir=DIR in.npy out.wav      [--chunk_seconds=S]
   roundtrip --checkpoint_dir=DIR in.wav out.wav      [--num_levels=Q] [--chunk_seconds=S]
@@ -35,10 +35,11 @@ def main(argv=None) -> int:
 
 
 def _train(argv) -> int:
+    """An alias of `python -m mufm.train` (the codec trains through the shared trainer)."""
     from mufm.gin_flags import run_cli
-    from mufm.train.codec_loop import train_codec
+    from mufm.train.loop import train
 
-    return run_cli(train_codec, argv, "mufm.codec train")
+    return run_cli(train, argv, "mufm.codec train")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ class CliError(Exception):
 def _parser(command: str, *, wav_in: bool, wav_out: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m mufm.codec {command}")
     p.add_argument("--checkpoint_dir", required=True,
-                   help="a `mufm.codec train` MODEL_DIR (newest step) or its checkpoints/<step>")
+                   help="a codec training run's MODEL_DIR (newest step) or its checkpoints/<step>")
     if command != "evaluate":
         p.add_argument("input", help="audio file" if wav_in else "codes (.npz from encode, or .npy)")
         p.add_argument("output", help="WAV file" if wav_out else "codes file (.npz)")
@@ -79,9 +79,9 @@ def read_audio(path: str, sample_rate: int) -> np.ndarray:
 
 
 def _encode(codec, wave: np.ndarray, num_levels, chunk_seconds: float) -> np.ndarray:
-    from mufm.models.codec_tokenizer import BadAudioError, encode_chunked
+    from mufm.codec.tokenizer import BadAudioError, encode_chunked
 
-    cfg = codec.cfg
+    cfg = codec.configs['codec']
     if num_levels is not None and not 1 <= num_levels <= cfg.num_levels:
         raise CliError(f"--num_levels={num_levels}: the codec has 1..{cfg.num_levels} levels")
     frames = -(-len(wave) // cfg.hop)
@@ -95,10 +95,10 @@ def _encode(codec, wave: np.ndarray, num_levels, chunk_seconds: float) -> np.nda
 
 
 def _decode(codec, codes: np.ndarray, num_samples: int | None, chunk_seconds: float) -> np.ndarray:
-    from mufm.models.codec_tokenizer import BadAudioError, decode_chunked
+    from mufm.codec.tokenizer import BadAudioError, decode_chunked
 
     try:
-        wave = decode_chunked(*codec.parts, codes[None], chunk_frames=_chunk_frames(codec.cfg, chunk_seconds),
+        wave = decode_chunked(*codec.parts, codes[None], chunk_frames=_chunk_frames(codec.configs['codec'], chunk_seconds),
                               progress=_progress("decode", codes.shape[0]))[0]
     except BadAudioError as e:
         raise CliError(str(e)) from None
@@ -142,15 +142,15 @@ def read_codes(path: str) -> tuple[np.ndarray, int | None, int | None]:
 def encode_cmd(argv) -> int:
     a = _parser("encode", wav_in=True, wav_out=False).parse_args(argv)
     codec = _load(a.checkpoint_dir)
-    wave = read_audio(a.input, codec.cfg.sample_rate)
+    wave = read_audio(a.input, codec.configs['codec'].sample_rate)
     codes = _encode(codec, wave, a.num_levels, a.chunk_seconds)
     out = a.output if a.output.endswith(".npz") else a.output + ".npz"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     np.savez(out, codes=codes.astype(np.int16), num_samples=len(wave),
-             sample_rate=codec.cfg.sample_rate, version=CODES_VERSION)
-    kbps = codec.cfg.bitrate(codes.shape[1]) / 1000
+             sample_rate=codec.configs['codec'].sample_rate, version=CODES_VERSION)
+    kbps = codec.configs['codec'].bitrate(codes.shape[1]) / 1000
     print(f"{out}: {codes.shape[0]} frames x {codes.shape[1]} levels ({kbps:g} kbit/s) "
-          f"for {len(wave) / codec.cfg.sample_rate:.2f} s")
+          f"for {len(wave) / codec.configs['codec'].sample_rate:.2f} s")
     return 0
 
 
@@ -158,24 +158,24 @@ def decode_cmd(argv) -> int:
     a = _parser("decode", wav_in=False, wav_out=True).parse_args(argv)
     codec = _load(a.checkpoint_dir)
     codes, num_samples, rate = read_codes(a.input)
-    if rate is not None and rate != codec.cfg.sample_rate:
-        raise CliError(f"{a.input}: codes of a {rate} Hz codec; this one runs at {codec.cfg.sample_rate} Hz")
+    if rate is not None and rate != codec.configs['codec'].sample_rate:
+        raise CliError(f"{a.input}: codes of a {rate} Hz codec; this one runs at {codec.configs['codec'].sample_rate} Hz")
     wave = _decode(codec, codes, num_samples, a.chunk_seconds)
-    write_wav(a.output, wave, codec.cfg.sample_rate)
-    print(f"{a.output}: {len(wave) / codec.cfg.sample_rate:.2f} s from {codes.shape[1]} levels")
+    write_wav(a.output, wave, codec.configs['codec'].sample_rate)
+    print(f"{a.output}: {len(wave) / codec.configs['codec'].sample_rate:.2f} s from {codes.shape[1]} levels")
     return 0
 
 
 def roundtrip_cmd(argv) -> int:
     a = _parser("roundtrip", wav_in=True, wav_out=True).parse_args(argv)
     codec = _load(a.checkpoint_dir)
-    wave = read_audio(a.input, codec.cfg.sample_rate)
+    wave = read_audio(a.input, codec.configs['codec'].sample_rate)
     codes = _encode(codec, wave, a.num_levels, a.chunk_seconds)
     out = _decode(codec, codes, len(wave), a.chunk_seconds)
-    write_wav(a.output, out, codec.cfg.sample_rate)
-    from mufm.eval.codec_metrics import mel_distance, si_snr
+    write_wav(a.output, out, codec.configs['codec'].sample_rate)
+    from mufm.eval.audio_metrics import mel_distance, si_snr
 
-    print(f"{a.output}: {codes.shape[1]} levels ({codec.cfg.bitrate(codes.shape[1]) / 1000:g} kbit/s), "
+    print(f"{a.output}: {codes.shape[1]} levels ({codec.configs['codec'].bitrate(codes.shape[1]) / 1000:g} kbit/s), "
           f"SI-SNR {float(si_snr(wave, out)):.2f} dB, mel distance "
           f"{float(mel_distance(wave[None], out[None])[0]):.3f}")
     return 0

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from mufm.eval import codec_metrics
+from mufm.codec import baselines
 
 KBPS = (1.5, 3.0, 6.0)
 
@@ -31,17 +31,12 @@ class EvalResult:
     clips: int
 
 
-def held_out_clips(model_dir: str, split: str, clip_seconds: float, max_clips: int,
+def held_out_clips(data, split: str, clip_seconds: float, max_clips: int,
                    sample_rate: int) -> tuple[list[np.ndarray], list[str]]:
-    """Up to `max_clips` centre crops (trimmed to their real length) and their ids."""
-    import gin
+    """Up to `max_clips` centre crops (trimmed to their real length) and their ids, read
+    through `data` (the run's DataConfig) from `split`."""
+    from mufm.data.pipeline import host_audio_batches
 
-    from mufm.codec.restore import read_run_config
-    from mufm.data.pipeline import DataConfig, host_audio_batches
-
-    read_run_config(model_dir)
-    with gin.config_scope(None):
-        data = DataConfig()  # evaluates the run's task registrations
     data = dataclasses.replace(data, batch_size=1, sequence_length=int(clip_seconds * sample_rate),
                                shuffle=False)
     clips, ids = [], []
@@ -59,12 +54,14 @@ def held_out_clips(model_dir: str, split: str, clip_seconds: float, max_clips: i
 
 def evaluate_checkpoint(codec, out_dir: str, *, split: str = "test", clip_seconds: float = 10.0,
                         max_clips: int = 32, wav_clips: int = 3, kbps=KBPS) -> EvalResult:
-    """`codec`: a `mufm.codec.restore.TrainedCodec` (`load_codec(checkpoint_dir)`)."""
-    from mufm.models.codec_tokenizer import decode_chunked, encode_chunked
+    """`codec`: a loaded codec run (`mufm.codec.restore.load_codec(checkpoint_dir)`); its
+    clips come through the run's own stored DataConfig."""
+    from mufm.codec.tokenizer import decode_chunked, encode_chunked
 
-    cfg = codec.cfg
-    refs, ids = held_out_clips(codec.model_dir, split, clip_seconds, max_clips, cfg.sample_rate)
-    levels = {k: codec_metrics.bitrate_levels(k, cfg.frame_rate, cfg.codebook_size) for k in kbps}
+    cfg = codec.configs["codec"]
+    refs, ids = held_out_clips(codec.configs["data"], split, clip_seconds, max_clips,
+                               cfg.sample_rate)
+    levels = {k: baselines.bitrate_levels(k, cfg.frame_rate, cfg.codebook_size) for k in kbps}
     recons: dict[float, list[np.ndarray]] = {k: [] for k in kbps}
     t0 = time.perf_counter()
     for ref in tqdm(refs, desc="codec", unit="clip"):
@@ -72,25 +69,26 @@ def evaluate_checkpoint(codec, out_dir: str, *, split: str = "test", clip_second
         for k, q in levels.items():
             recons[k].append(decode_chunked(*codec.parts, codes[:, :, :q])[0, :len(ref)])
     codec_s = time.perf_counter() - t0
-    baselines = ("opus", "mulaw") if codec_metrics.opus_available() else ("mulaw",)
-    rows = codec_metrics.comparison_rows(refs, recons, sample_rate=cfg.sample_rate,
-                                         baselines=baselines, codec_name=f"mufm codec (step {codec.step})")
+    names = ("opus", "mulaw") if baselines.opus_available() else ("mulaw",)
+    coded = baselines.code_baselines(refs, kbps, sample_rate=cfg.sample_rate, names=names)
+    rows = baselines.comparison_rows(refs, recons, sample_rate=cfg.sample_rate, baselines=coded,
+                                     codec_name=f"mufm codec (step {codec.step})")
     seconds = sum(len(r) for r in refs) / cfg.sample_rate
     notes = (f"{len(refs)} held-out clips ({split} split, centre crops <= {clip_seconds:g} s, "
              f"{seconds:.0f} s of audio) from {codec.model_dir} at step {codec.step}; codec "
              f"encode+decode of all rates took {codec_s:.1f} s. Opus: ffmpeg/libopus CBR; "
              f"'spent' counts the Ogg stream (libopus cannot go as low as 1.5 kbit/s). mulaw: "
              f"low-pass to bitrate/4 Hz + 4-bit mu-law.")
-    md, js = codec_metrics.write_comparison_table(rows, out_dir, notes=notes)
+    md, js = baselines.write_comparison_table(rows, out_dir, notes=notes)
     wav_dir = os.path.join(out_dir, "wav")
     os.makedirs(wav_dir, exist_ok=True)
     for i in range(min(wav_clips, len(refs))):
         _write(wav_dir, f"{ids[i]}_reference.wav", refs[i], cfg.sample_rate)
         for k in kbps:
             _write(wav_dir, f"{ids[i]}_codec_{k:g}kbps.wav", recons[k][i], cfg.sample_rate)
-            if "opus" in baselines:
-                coded, _ = codec_metrics.opus_roundtrip(refs[i], cfg.sample_rate, 1000.0 * k)
-                _write(wav_dir, f"{ids[i]}_opus_{k:g}kbps.wav", coded, cfg.sample_rate)
+            if "opus" in coded:
+                _write(wav_dir, f"{ids[i]}_opus_{k:g}kbps.wav", coded["opus"][float(k)].waves[i],
+                       cfg.sample_rate)
     return EvalResult(rows=rows, table_md=md, table_json=js, wav_dir=wav_dir, clips=len(refs))
 
 

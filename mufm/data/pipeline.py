@@ -35,11 +35,38 @@ class DataConfig:
     task_modules: Sequence[str] = ("mufm.data.synthetic",)
     # Names of the stream ids a task marks in `targets_streams`, for per-stream metrics.
     stream_names: Sequence[str] = ()
-    # Tasks registered by gin calls, e.g. `[@register_corpus_task()]`. Gin evaluates them
-    # when DataConfig is built, i.e. after every file and --gin binding is parsed, so a
-    # binding like `register_corpus_task.corpus_dir = ...` takes effect (registration at
-    # module import would run before it). Only their side effect matters.
+    # Tasks to register when this config is built, e.g. `[@CorpusTaskRegistration()]`:
+    # objects with a `register()` method, called in __post_init__, i.e. after every gin file
+    # and --gin binding is parsed (so `CorpusTaskRegistration.corpus_dir = ...` takes effect)
+    # and again when a run's stored config is rebuilt without gin (mufm.train.restore).
     registrations: Sequence[Any] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "task_modules", tuple(self.task_modules))
+        object.__setattr__(self, "stream_names", tuple(self.stream_names))
+        object.__setattr__(self, "registrations", tuple(self.registrations))
+        for registration in self.registrations:
+            registration.register()
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class CorpusTaskRegistration:
+    """Registers the embedded-corpus audio task (`mufm.data.tasks.register_corpus_task`)
+    when the DataConfig that holds it is built; a plain dataclass, so the run's stored
+    config can rebuild it."""
+    name: str = "mufm_corpus_audio"
+    config: str = "quick"
+    crop_seconds: float = 10.0
+    pad_short: bool = True
+    data_dir: str | None = None  # TFDS data dir; None: $MUFM_TFDS_DIR, else TFDS's default
+    corpus_dir: str | None = None  # a rendered corpus to prepare from
+    shuffle_buffer_size: int = 512
+
+    def register(self) -> None:
+        from mufm.data import tasks  # TensorFlow and seqio: only when a task is registered
+
+        tasks.register_corpus_task(**dataclasses.asdict(self))
 
 
 def batch_feature_names(cfg: DataConfig) -> tuple[str, ...]:

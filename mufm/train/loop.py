@@ -1,31 +1,32 @@
-"""`train()`: the one gin-configurable entry function for training, top to bottom.
+"""`train()`: the one gin-configurable training entry function for every model family.
 
-mesh -> abstract state from shapes -> restore the newest checkpoint or initialise in
-place -> deterministic input positioned at the restored step -> jitted, donated step with
-explicit shardings -> metrics, evaluation and async checkpoints -> final save.
+    python -m mufm.train --gin_file=experiments/<x>.gin --gin.MODEL_DIR=\"runs/x\"
+
+Top to bottom: the task's configs checked -> mesh -> abstract state from shapes -> restore
+the newest checkpoint (checking it belongs to this task) or initialise in place -> the
+task's deterministic input positioned at the restored step -> its jitted, donated steps
+with explicit shardings -> metrics, evaluation and async checkpoints -> final save.
+`runs/<family>.gin` binds `train.task` to the family's task (`@LMTask()`, `@CodecTask()`).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gin
 import jax
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding
 
-from mufm.data.pipeline import DataConfig, batch_feature_names, host_batches
-from mufm.models.lm import LMConfig, StageLM, train_flops_per_token
+from mufm.gin_flags import GinConfigError
 from mufm.parallel.logical import Rules, sharding_context
 from mufm.parallel.mesh import MeshConfig, build_mesh
 from mufm.parallel.multihost import batch_sharding, global_batch, maybe_initialize_distributed
 from mufm.train.checkpoint import CheckpointConfig, Checkpointer, write_gin_config
-from mufm.train.optim import OptimizerConfig, make_optimizer
+from mufm.train.restore import write_model_config
 from mufm.train.state import ModelSpec, TrainState, abstract_state, initialize
-from mufm.train.step import StepConfig, eval_step, summarize, train_step
+from mufm.train.task import Optimizers, StepContext, Task
 
 log = logging.getLogger(__name__)
 
@@ -44,119 +45,144 @@ class RunConfig:
     eval_every: int = 0  # 0: no evaluation during training
     eval_batches: int = 4
     max_nonfinite_streak: int = 5
-    z_loss: float = 0.0
-
-
-def make_model_fn(cfg: LMConfig):
-    def make(rngs):
-        return StageLM(cfg, rngs=rngs)
-    return make
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainProgram:
+class Program:
     """What train() runs, built from configs and shapes alone: no data read, no array made.
 
-    Shared with the ahead-of-time compile check (mufm.parallel.compile_check), so the step
-    it compiles for a TPU topology is exactly the one training runs. Trace (call or lower)
-    the steps inside `sharding_context(program.mesh, program.rules)` so activation
-    constraints apply.
+    Shared with the ahead-of-time compile check (mufm.train.compile_check), so the programs
+    it compiles for a TPU topology are exactly the ones training runs. Trace (call or lower)
+    them inside `sharding_context(program.mesh, program.rules)` so activation constraints
+    apply.
     """
+    task: Task
     mesh: Mesh
     rules: Rules
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    make_model: Callable
+    optimizers: Optimizers
     spec: ModelSpec
     abstract: TrainState  # ShapeDtypeStructs carrying their shardings
     shardings: TrainState
-    step_cfg: StepConfig
-    batch_sharding: NamedSharding
-    train_step: Any  # jitted, donates the state
-    eval_step: Any  # jitted
+    batch_spec: dict[str, jax.ShapeDtypeStruct]  # the global batch, carrying its shardings
+    steps: dict[str, Any]  # name -> jitted step, donates the state
+    evals: dict[str, Any]  # name -> jitted eval program
+
+    @property
+    def tx(self):
+        return self.optimizers.tx
+
+    @property
+    def make_model(self) -> Callable:
+        return self.task.make_model
+
+    @property
+    def batch_shardings(self) -> dict[str, NamedSharding]:
+        return {k: v.sharding for k, v in self.batch_spec.items()}
+
+    def step_at(self, step: int):
+        """The jitted step that trains step `step` (0-based)."""
+        return self.steps[self.task.step_name(step)]
+
+    def global_batch(self, host: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This host's slice of a batch (the features of `batch_spec`) as global arrays."""
+        return global_batch({k: host[k] for k in self.batch_spec}, self.mesh, self.rules)
+
+    def initialize(self, seed: int) -> TrainState:
+        return initialize(self.task.make_model, self.tx, self.shardings, seed)
 
 
-def build_program(model: LMConfig, data: DataConfig, optimizer: OptimizerConfig, mesh: MeshConfig,
-                  run: RunConfig, devices: Sequence[jax.Device] | None = None) -> TrainProgram:
-    """Mesh, optimizer, abstract sharded state and the jitted steps for `devices`
-    (default: every device of this process's backend; the compile check passes a TPU
-    topology's compile-only devices)."""
+def build_program(task: Task, mesh: MeshConfig, run: RunConfig,
+                  devices: Sequence[jax.Device] | None = None) -> Program:
+    """Mesh, optimizers, abstract sharded state and every jitted program of `task` for
+    `devices` (default: every device of this process's backend; the compile check passes a
+    TPU topology's compile-only devices)."""
+    task.validate(run)
     device_mesh = build_mesh(mesh, devices)  # fails here, before any compute, if it does not fit
     rules = mesh.rules
-    tx, schedule = make_optimizer(optimizer, run.train_steps)
-    make_model = make_model_fn(model)
-    step_cfg = StepConfig(grad_accum_steps=optimizer.grad_accum_steps, z_loss=run.z_loss,
-                          stream_names=tuple(data.stream_names), seed=run.seed)
+    optimizers = task.make_optimizer(run.train_steps)
     with sharding_context(device_mesh, rules):
-        abstract, shardings, spec = abstract_state(make_model, tx, device_mesh, rules, run.seed)
-    batch_sh = batch_sharding(device_mesh, rules, 2)
-    p_train = jax.jit(functools.partial(train_step, spec=spec, tx=tx, schedule=schedule, cfg=step_cfg),
-                      in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
-                      donate_argnums=(0,))
-    p_eval = jax.jit(functools.partial(eval_step, spec=spec, cfg=step_cfg),
-                     in_shardings=(shardings, batch_sh))
-    return TrainProgram(mesh=device_mesh, rules=rules, tx=tx, schedule=schedule,
-                        make_model=make_model, spec=spec, abstract=abstract, shardings=shardings,
-                        step_cfg=step_cfg, batch_sharding=batch_sh, train_step=p_train,
-                        eval_step=p_eval)
-
-
-def abstract_batch(program: TrainProgram, data: DataConfig) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global batch the train step receives, as sharded shapes (AOT lowering)."""
-    shape = (data.batch_size, data.sequence_length)
-    return {name: jax.ShapeDtypeStruct(shape, np.int32, sharding=program.batch_sharding)
-            for name in batch_feature_names(data)}
+        abstract, shardings, spec = abstract_state(task.make_model, optimizers.tx, device_mesh,
+                                                   rules, run.seed)
+    batch_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                          sharding=batch_sharding(device_mesh, rules, len(v.shape)))
+                  for k, v in task.batch_spec().items()}
+    batch_sh = {k: v.sharding for k, v in batch_spec.items()}
+    ctx = StepContext(spec=spec, optimizers=optimizers, seed=run.seed)
+    steps = {name: jax.jit(fn, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
+                           donate_argnums=(0,))
+             for name, fn in task.train_steps(ctx).items()}
+    evals = {name: jax.jit(fn, in_shardings=(shardings, batch_sh))
+             for name, fn in task.eval_programs(ctx).items()}
+    return Program(task=task, mesh=device_mesh, rules=rules, optimizers=optimizers, spec=spec,
+                   abstract=abstract, shardings=shardings, batch_spec=batch_spec, steps=steps,
+                   evals=evals)
 
 
 @gin.configurable
-def train(model: LMConfig = gin.REQUIRED, data: DataConfig = gin.REQUIRED,
-          optimizer: OptimizerConfig = gin.REQUIRED, checkpoint: CheckpointConfig = gin.REQUIRED,
+def train(task: Task = gin.REQUIRED, checkpoint: CheckpointConfig = gin.REQUIRED,
           mesh: MeshConfig = gin.REQUIRED, run: RunConfig = gin.REQUIRED) -> dict[str, float]:
-    """Trains a stage LM; returns the last logged metrics."""
+    """Trains `task`; returns the last logged metrics."""
+    if not isinstance(task, Task):
+        raise GinConfigError(f"train.task must be a Task (e.g. @LMTask(), @CodecTask()), got "
+                             f"{type(task).__name__}")
     maybe_initialize_distributed()
-    program = build_program(model, data, optimizer, mesh, run)
-    device_mesh, rules = program.mesh, program.rules
-    shardings, step_cfg = program.shardings, program.step_cfg
-    p_train, p_eval = program.train_step, program.eval_step
+    program = build_program(task, mesh, run)
+    task_name = task.data.mixture_or_task_name
 
-    with sharding_context(device_mesh, rules):
+    with sharding_context(program.mesh, program.rules):
         ckpt = Checkpointer(run.model_dir, checkpoint)
-        state = restore_or_initialize(ckpt, program.abstract, lambda: initialize(
-            program.make_model, program.tx, shardings, run.seed))
+        state = restore_or_initialize(ckpt, program.abstract, lambda: program.initialize(run.seed),
+                                      task_name=task_name)
         start = int(state.step)
         write_gin_config(run.model_dir, gin.operative_config_str())
-        logger = _logger(run, model, data, start)
-        batches = host_batches(data, split=data.train_split, shuffle=data.shuffle, start_batch=start)
+        write_model_config(run.model_dir, task)
+        logger = _logger(task, run, start)
 
         def evaluate(state, step):
-            logger.write_eval(step, evaluate_batches(p_eval, state, data, device_mesh, rules,
-                                                     run.eval_batches, step_cfg))
+            result = task.evaluate(program, state, run.eval_batches)
+            logger.write_eval(step, result.scalars)
+            if result.audios:
+                logger.write_audios(step, result.audios, result.sample_rate)
 
-        return run_steps(lambda _: p_train, state,
-                         (global_batch(b, device_mesh, rules) for b in batches),
-                         run=run, checkpoint=checkpoint, ckpt=ckpt, logger=logger,
-                         task_name=data.mixture_or_task_name, evaluate=evaluate)
+        batches = (program.global_batch(b) for b in task.train_batches(start))
+        return run_steps(program.step_at, state, batches, run=run, checkpoint=checkpoint,
+                         ckpt=ckpt, logger=logger, task_name=task_name, evaluate=evaluate)
 
 
-def restore_or_initialize(ckpt: Checkpointer, abstract: TrainState, init: Callable[[], TrainState]):
-    """The newest checkpoint restored onto `abstract`'s shardings, else `init()`."""
+class CheckpointMismatchError(ValueError):
+    """MODEL_DIR holds checkpoints of another task."""
+
+
+def restore_or_initialize(ckpt: Checkpointer, abstract: TrainState, init: Callable[[], TrainState],
+                          *, task_name: str) -> TrainState:
+    """The newest checkpoint restored onto `abstract`'s shardings, else `init()`. A checkpoint
+    whose input position was recorded for another seqio task is refused: resuming would skip
+    batches of a stream it never read."""
     latest = ckpt.latest_step()
     if latest is None:
         return init()
     state, data_pos = ckpt.restore(latest, abstract)
+    saved_task = data_pos.get("task")
+    if saved_task is not None and saved_task != task_name:
+        raise CheckpointMismatchError(
+            f"{ckpt.directory} step {latest} was trained on task {saved_task!r}, this run reads "
+            f"{task_name!r}: use a new MODEL_DIR (or the task it was trained on)")
+    if int(data_pos.get("batches", latest)) != int(state.step):
+        raise CheckpointMismatchError(
+            f"{ckpt.directory} step {latest}: input position {data_pos.get('batches')} batches "
+            f"does not match the state's step {int(state.step)}")
     log.info("resumed from step %d (input position %s)", latest, data_pos)
     return state
 
 
-def run_steps(step_at: Callable[[int], Callable], state, batches, *, run: RunConfig,
+def run_steps(step_at: Callable[[int], Callable], state, batches: Iterator, *, run: RunConfig,
               checkpoint: CheckpointConfig, ckpt: Checkpointer, logger, task_name: str,
               evaluate: Callable[[Any, int], None] | None = None) -> dict[str, float]:
-    """The training loop shared by every trainer: steps from state.step to run.train_steps
-    on global batches, step i running the jitted `step_at(i)(state, batch)` (one program
-    for the LM; the codec switches programs when its discriminators join); metrics every
-    log_every, `evaluate(state, step)` every eval_every, a checkpoint (with the input
-    position) every save_every and at the end, and a stop once run.max_nonfinite_streak
-    updates in a row were skipped. Closes ckpt and logger."""
+    """The step loop: steps from state.step to run.train_steps on global batches, step i
+    running the jitted `step_at(i)(state, batch)`; metrics every log_every,
+    `evaluate(state, step)` every eval_every, a checkpoint (with the input position) every
+    save_every and at the end, and a stop once run.max_nonfinite_streak updates in a row
+    were skipped. Closes ckpt and logger."""
     start = int(state.step)
     last: dict[str, float] = {}
     prev_metrics = None
@@ -184,13 +210,12 @@ def run_steps(step_at: Callable[[int], Callable], state, batches, *, run: RunCon
     return last
 
 
-def _logger(run: RunConfig, model: LMConfig, data: DataConfig, start: int):
+def _logger(task: Task, run: RunConfig, start: int):
     from mufm.train.metrics import MetricsLogger
 
-    tokens = data.batch_size * data.sequence_length
     return MetricsLogger(run.model_dir, total_steps=run.train_steps, start_step=start,
-                         units_per_step={"tokens": tokens},
-                         flops_per_step=tokens * train_flops_per_token(model, data.sequence_length))
+                         units_per_step=task.units_per_step(), flops_per_step=task.flops_per_step(),
+                         postfix=task.progress_metrics)
 
 
 def _check_nonfinite(metrics, limit: int, step: int) -> None:
@@ -200,22 +225,3 @@ def _check_nonfinite(metrics, limit: int, step: int) -> None:
             f"{streak} consecutive steps (up to step {step}) had a non-finite loss or gradient; "
             f"their updates were skipped and the last checkpoint holds the last good state. "
             f"Lower the learning rate, enable z_loss or check the data.")
-
-
-def evaluate_batches(p_eval, state, data: DataConfig, mesh, rules, num_batches: int,
-                     step_cfg: StepConfig) -> dict[str, float]:
-    """Token-weighted loss/accuracy over the first `num_batches` of the eval split."""
-    totals = None
-    it = host_batches(data, split=data.eval_split, shuffle=False)
-    for _ in range(num_batches):
-        try:
-            host = next(it)
-        except StopIteration:
-            break
-        stats = p_eval(state, global_batch(host, mesh, rules))
-        totals = stats if totals is None else jax.tree.map(np.add, totals, stats)
-    if totals is None:
-        return {}
-    out = summarize(jax.device_get(totals), step_cfg.stream_names)
-    out.pop("tokens", None)
-    return {k: float(v) for k, v in out.items()}

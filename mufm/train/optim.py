@@ -74,23 +74,25 @@ def make_optimizer(cfg: OptimizerConfig, train_steps: int) -> tuple[optax.Gradie
 def per_group(txs: dict[str, optax.GradientTransformation]) -> optax.GradientTransformation:
     """One transformation over a params dict whose top-level keys are groups, each updated by
     its own optimizer (a GAN's generator and discriminator). Its state is the plain dict
-    {group: state}, so a step can update one group without touching the other's statistics.
+    {group: state}. `update` takes gradients of any subset of the groups: it returns
+    updates for those and leaves the other groups' statistics untouched (a GAN warm-up
+    trains the generator alone without running the discriminator's Adam over zeros).
     """
     def init(params):
-        _check_groups(params, txs)
+        if set(params) != set(txs):
+            raise ValueError(f"parameter groups {sorted(params)} do not match optimizers "
+                             f"{sorted(txs)}")
         return {name: tx.init(params[name]) for name, tx in txs.items()}
 
     def update(updates, state, params=None):
-        _check_groups(updates, txs)
-        out, new_state = {}, {}
-        for name, tx in txs.items():
-            out[name], new_state[name] = tx.update(
+        unknown = set(updates) - set(txs)
+        if unknown:
+            raise ValueError(f"gradients for groups {sorted(unknown)} that have no optimizer "
+                             f"(groups: {sorted(txs)})")
+        out, new_state = {}, dict(state)
+        for name in updates:
+            out[name], new_state[name] = txs[name].update(
                 updates[name], state[name], None if params is None else params[name])
         return out, new_state
 
     return optax.GradientTransformation(init, update)
-
-
-def _check_groups(tree, txs) -> None:
-    if set(tree) != set(txs):
-        raise ValueError(f"parameter groups {sorted(tree)} do not match optimizers {sorted(txs)}")

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from mufm.models.lm import LMConfig, StageLM
+from mufm.lm.model import LMConfig, StageLM
 from mufm.parallel.logical import sharding_context
 from mufm.parallel.mesh import DEFAULT_RULES, MeshConfig, build_mesh
 from mufm.train.optim import OptimizerConfig, make_optimizer

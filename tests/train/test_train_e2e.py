@@ -87,11 +87,11 @@ def test_8_device_mesh_matches_1_device_trajectory(two_meshes):
 
 def _restore_on(model_dir, ici):
     from mufm import gin_flags
-    from mufm.models.lm import LMConfig
+    from mufm.lm.model import LMConfig
     from mufm.parallel.logical import sharding_context
     from mufm.parallel.mesh import MeshConfig, build_mesh
     from mufm.train.checkpoint import CheckpointConfig, Checkpointer
-    from mufm.train.loop import make_model_fn
+    from mufm.lm.model import StageLM
     from mufm.train.optim import OptimizerConfig, make_optimizer
     from mufm.train.state import abstract_state
 
@@ -103,7 +103,7 @@ def _restore_on(model_dir, ici):
     mesh = build_mesh(MeshConfig(ici_parallelism=ici, logical_axis_rules=rules), jax.devices()[:n])
     tx, _ = make_optimizer(opt, 20)
     with sharding_context(mesh, rules):
-        abstract, _, _ = abstract_state(make_model_fn(model), tx, mesh, rules)
+        abstract, _, _ = abstract_state(lambda r: StageLM(model, rngs=r), tx, mesh, rules)
         ckpt = Checkpointer(model_dir, CheckpointConfig())
         state, data = ckpt.restore(20, abstract)
         ckpt.close()

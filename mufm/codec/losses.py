@@ -13,7 +13,7 @@ discriminator forward, whose parameters the generator step does not update); pas
 `adversarial_scale` (0 turns off the adversarial and feature-matching terms; the
 discriminator is still run). `discriminator_loss` stops gradients into `fake`. Every loss is
 computed in fp32 whatever the compute dtype. The trainer's GAN step that composes them
-with the codec and its codebook state is `mufm.train.codec_step.gan_train_step`.
+with the codec and its codebook state is `mufm.codec.step.gan_train_step`.
 
 Scale note: with `mel_log_alpha` the log-mel term of the 2048 window is weighted by 32, so
 the reconstruction loss of an untrained codec is in the hundreds; the adversarial and
@@ -93,8 +93,11 @@ def feature_matching_loss(real_outputs, fake_outputs) -> jax.Array:
 
 
 def generator_loss(discriminators, real: jax.Array, fake: jax.Array, commitment_loss: jax.Array,
-                   cfg: CodecLossConfig, *, adversarial_scale: float | jax.Array = 1.0):
-    """Total generator loss and its terms (fp32 scalars in `metrics`)."""
+                   cfg: CodecLossConfig, *, adversarial_scale: float | jax.Array = 1.0,
+                   real_outputs=None):
+    """Total generator loss and its terms (fp32 scalars in `metrics`). `real_outputs`: the
+    discriminators' outputs on `real` when the caller already has them (the GAN step
+    computes them once for both players); they are targets here, never differentiated."""
     real = jax.lax.stop_gradient(real.astype(jnp.float32))
     fake = fake.astype(jnp.float32)
     mel = multiscale_mel_loss(real, fake, cfg)
@@ -104,7 +107,7 @@ def generator_loss(discriminators, real: jax.Array, fake: jax.Array, commitment_
         metrics["waveform_l1"] = jnp.mean(jnp.abs(real - fake))
         loss = loss + cfg.waveform_l1_weight * metrics["waveform_l1"]
     if discriminators is not None:
-        real_out = discriminators(real)
+        real_out = discriminators(real) if real_outputs is None else real_outputs
         fake_out = discriminators(fake)
         metrics["adversarial"] = generator_adversarial_loss(fake_out)
         metrics["feature_matching"] = feature_matching_loss(real_out, fake_out)
@@ -114,10 +117,14 @@ def generator_loss(discriminators, real: jax.Array, fake: jax.Array, commitment_
     return loss, metrics
 
 
-def discriminator_loss(discriminators, real: jax.Array, fake: jax.Array, cfg: CodecLossConfig):
-    """Hinge discriminator loss on real vs (stopped) reconstructions, with mean logits."""
+def discriminator_loss(discriminators, real: jax.Array, fake: jax.Array, cfg: CodecLossConfig,
+                       *, real_outputs=None):
+    """Hinge discriminator loss on real vs (stopped) reconstructions, with mean logits.
+    `real_outputs`: the discriminators' outputs on `real`, when the caller computed them
+    (and differentiates through them itself)."""
     del cfg  # the hinge loss has no weights; kept for a uniform signature
-    real_out = discriminators(jax.lax.stop_gradient(real.astype(jnp.float32)))
+    real_out = (discriminators(jax.lax.stop_gradient(real.astype(jnp.float32)))
+                if real_outputs is None else real_outputs)
     fake_out = discriminators(jax.lax.stop_gradient(fake.astype(jnp.float32)))
     loss = discriminator_hinge_loss(real_out, fake_out)
     metrics = {

@@ -1,6 +1,6 @@
 """The stage transformer: one decoder-only Flax NNX model for every stage of the cascade.
 
-Stages differ only in how their token sequences are laid out (mufm/models/stages.py);
+Stages differ only in how their token sequences are laid out (mufm/lm/layouts.py, to come);
 the network is the same: token embedding, N pre-norm blocks (RMSNorm, multi-head attention
 with RoPE or a shared T5 relative-position bias, GELU/SwiGLU MLP), final RMSNorm, logits.
 Parameters are fp32; compute runs in `dtype` (bf16 on accelerators).
@@ -21,7 +21,7 @@ from mufm.layers.linear import Dense, Embed
 from mufm.layers.mlp import MLP
 from mufm.layers.norms import RMSNorm
 from mufm.layers.positions import RelativePositionBias
-from mufm.models.remat import remat_policy
+from mufm.layers.remat import remat_policy
 from mufm.parallel.logical import constrain
 
 @gin.configurable

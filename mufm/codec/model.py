@@ -1,6 +1,6 @@
 """SoundStream-style neural audio codec: causal SEANet encoder, residual vector quantizer,
 causal SEANet decoder (the generator of the codec GAN; discriminators live in
-`mufm.models.discriminators`, losses in `mufm.models.codec_losses`).
+`mufm.codec.discriminators`, losses in `mufm.codec.losses`).
 
 At 24 kHz with strides (3, 4, 5, 8) one frame is 480 samples: 50 frames per second, and
 N levels of K codes cost 50 * N * log2(K) bit/s (12 x 1024 = 6 kbps).
@@ -22,7 +22,7 @@ from flax import nnx
 
 from mufm.layers.dtypes import DTYPES
 from mufm.layers.seanet import CausalConv1d, Chain, DecoderBlock, EncoderBlock
-from mufm.models.quantizers import CodebookState, ResidualVectorQuantizer
+from mufm.layers.rvq import CodebookState, ResidualVectorQuantizer
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)

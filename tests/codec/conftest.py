@@ -3,7 +3,7 @@ busy 2-core machine, so the codec tests build it once per session and merge copi
 import pytest
 from flax import nnx
 
-from mufm.models.codec import CodecConfig, build_codec, split_codec
+from mufm.codec.model import CodecConfig, build_codec, split_codec
 
 TINY_CODEC = CodecConfig(channels=4, embedding_dim=16, num_levels=4, codebook_size=32)
 

@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from mufm.layers.seanet import CausalConv1d, CausalConvTranspose1d
-from mufm.models.codec import CodecConfig, apply_codec, build_codec, split_codec
-from mufm.models.codec_losses import CodecLossConfig, multiscale_mel_loss
+from mufm.codec.model import CodecConfig, apply_codec, build_codec, split_codec
+from mufm.codec.losses import CodecLossConfig, multiscale_mel_loss
 from mufm.parallel.mesh import DEFAULT_RULES
 
 TINY = CodecConfig(channels=4, embedding_dim=16, num_levels=4, codebook_size=32)  # = conftest
@@ -188,9 +188,9 @@ def test_tiny_codec_overfits_one_clip():
 @pytest.mark.parametrize("name,channels,compress,dtype", [
     ("tiny", 8, 2, "float32"), ("base", 16, 2, "float32"), ("paper", 32, 1, "bfloat16")])
 def test_model_gin_files_bind_the_configs(name, channels, compress, dtype):
-    from mufm.models.codec_losses import CodecLossConfig
+    from mufm.codec.losses import CodecLossConfig
     from mufm.gin_flags import parse
-    from mufm.models.discriminators import DiscriminatorConfig
+    from mufm.codec.discriminators import DiscriminatorConfig
     try:
         parse([f"models/codec_{name}.gin"], [], finalize=False)
         cfg = CodecConfig()

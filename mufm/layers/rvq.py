@@ -16,7 +16,7 @@ Training-time behaviour (`train=True`, all randomness from the explicit `key`):
 
 The EMA state is held in `CodebookState` variables (not `nnx.Param`, so optimizers never see
 them). A training call assigns the new state to those variables; a pure jitted step gets it
-back with `nnx.state(model, CodebookState)` (see `mufm.models.codec.apply_codec`). The
+back with `nnx.state(model, CodebookState)` (see `mufm.codec.model.apply_codec`). The
 levels run in one `lax.scan` over a leading `rvq` axis, so the compile size does not grow
 with N.
 """

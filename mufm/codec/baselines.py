@@ -1,17 +1,9 @@
-"""Codec evaluation: SI-SNR, multi-scale mel distance, baselines at equal bitrate (Opus via
-ffmpeg/libopus, and a trivial downsample + mu-law coder), and the comparison table.
-
-All functions take host waveforms (numpy, float, [-1, 1], mono) at one sample rate.
-
-Metric definitions:
-- SI-SNR (dB): both signals made zero-mean; target = <est, ref> ref / ||ref||^2;
-  10 log10(||target||^2 / ||est - target||^2). Higher is better; blind to gain.
-- multi-scale mel distance: mean over windows 2^6 .. 2^11 (hop = window / 4, 64 HTK mel
-  bands, magnitude) of mean |ln(mel_ref + 1e-5) - ln(mel_est + 1e-5)|. Lower is better;
-  a gain error g adds about |ln g| (the codec's reconstruction loss uses the same bands).
+"""Baselines the codec is compared with at equal bitrate (Opus via ffmpeg/libopus, and a
+trivial downsample + mu-law coder) and the comparison table.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,51 +11,9 @@ import shutil
 import subprocess
 from typing import Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mufm.layers.spectral import mel_spectrogram, mel_windows
-
-
-def si_snr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """SI-SNR in dB over the last axis (leading axes are a batch)."""
-    ref = np.asarray(reference, np.float64)
-    est = np.asarray(estimate, np.float64)
-    if ref.shape != est.shape:
-        raise ValueError(f"shapes differ: reference {ref.shape} vs estimate {est.shape}")
-    ref = ref - ref.mean(-1, keepdims=True)
-    est = est - est.mean(-1, keepdims=True)
-    scale = np.sum(est * ref, -1, keepdims=True) / (np.sum(ref * ref, -1, keepdims=True) + eps)
-    target = scale * ref
-    noise = est - target
-    return 10.0 * np.log10((np.sum(target ** 2, -1) + eps) / (np.sum(noise ** 2, -1) + eps))
-
-
-def _log_mel_l1(ref, est, *, sample_rate, n_fft, n_mels):
-    kw = dict(sample_rate=sample_rate, n_fft=n_fft, hop=n_fft // 4, n_mels=n_mels)
-    a = jnp.log(mel_spectrogram(ref, **kw) + 1e-5)
-    b = jnp.log(mel_spectrogram(est, **kw) + 1e-5)
-    return jnp.mean(jnp.abs(a - b), axis=(-1, -2))
-
-
-_log_mel_l1_jit = jax.jit(_log_mel_l1, static_argnames=("sample_rate", "n_fft", "n_mels"))
-
-
-def mel_distance(reference: np.ndarray, estimate: np.ndarray, *, sample_rate: int = 24_000,
-                 windows: Sequence[int] = mel_windows(6, 11), n_mels: int = 64) -> np.ndarray:
-    """Multi-scale log-mel L1 distance over the last axis (see module docstring)."""
-    ref = jnp.asarray(reference, jnp.float32)
-    est = jnp.asarray(estimate, jnp.float32)
-    if ref.shape != est.shape:
-        raise ValueError(f"shapes differ: reference {ref.shape} vs estimate {est.shape}")
-    per_scale = [_log_mel_l1_jit(ref, est, sample_rate=sample_rate, n_fft=int(w), n_mels=n_mels)
-                 for w in windows]
-    return np.asarray(jnp.mean(jnp.stack(per_scale), 0))
-
-
-def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
-    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+from mufm.eval.audio_metrics import fit_length, score
 
 
 # -- Opus through ffmpeg/libopus ------------------------------------------------------------
@@ -100,7 +50,7 @@ def opus_roundtrip(wave: np.ndarray, sample_rate: int, bitrate: float) -> tuple[
         raise RuntimeError(f"ffmpeg/libopus decode failed: {dec.stderr.decode()[-500:]}")
     decoded = np.frombuffer(dec.stdout, np.float32)
     spent = 8.0 * len(enc.stdout) / (len(wave) / sample_rate)
-    return _fit_length(decoded, len(wave)), spent
+    return fit_length(decoded, len(wave)), spent
 
 
 # -- trivial baseline ---------------------------------------------------------------------
@@ -128,44 +78,49 @@ def mulaw_roundtrip(wave: np.ndarray, sample_rate: int, bitrate: float, bits: in
     comp = q / (levels - 1) * 2.0 - 1.0
     low = np.sign(comp) * np.expm1(np.abs(comp) * np.log1p(mu)) / mu
     spent = n_low * bits / (len(wave) / sample_rate)
-    return _fit_length(_fft_resample(low, len(wave)), len(wave)).astype(np.float32), spent
+    return fit_length(_fft_resample(low, len(wave)), len(wave)).astype(np.float32), spent
 
 
 BASELINES = {"opus": opus_roundtrip, "mulaw": mulaw_roundtrip}
 
 
+@dataclasses.dataclass(frozen=True)
+class Coded:
+    """One baseline's output on every reference at one nominal rate."""
+    waves: list[np.ndarray]
+    spent_kbps: float  # mean bit rate actually spent
+
+
+def code_baselines(references: Sequence[np.ndarray], kbps: Sequence[float], *, sample_rate: int,
+                   names: Sequence[str] = ("opus", "mulaw")) -> dict[str, dict[float, Coded]]:
+    """Runs each baseline once per reference and rate: {name: {kbps: Coded}} (the table and
+    the WAVs written beside it both read these)."""
+    out: dict[str, dict[float, Coded]] = {}
+    for name in names:
+        out[name] = {}
+        for k in kbps:
+            coded, spent = zip(*(BASELINES[name](np.asarray(r, np.float32).reshape(-1), sample_rate,
+                                                 1000.0 * k) for r in references))
+            out[name][float(k)] = Coded(list(coded), float(np.mean(spent)) / 1000.0)
+    return out
+
+
 # -- tables ----------------------------------------------------------------------------------
-def score(references: Sequence[np.ndarray], estimates: Sequence[np.ndarray],
-          sample_rate: int) -> dict[str, float]:
-    """Mean SI-SNR and mel distance over clips (clips may differ in length)."""
-    if len(references) != len(estimates) or not references:
-        raise ValueError(f"{len(references)} references vs {len(estimates)} estimates")
-    snr, mel = [], []
-    for ref, est in zip(references, estimates):
-        ref = np.asarray(ref, np.float32).reshape(-1)
-        est = _fit_length(np.asarray(est, np.float32).reshape(-1), len(ref))
-        snr.append(float(si_snr(ref, est)))
-        mel.append(float(mel_distance(ref[None], est[None], sample_rate=sample_rate)[0]))
-    return {"si_snr_db": float(np.mean(snr)), "mel_distance": float(np.mean(mel)),
-            "clips": len(references)}
-
-
 def comparison_rows(references: Sequence[np.ndarray],
                     codec_reconstructions: Mapping[float, Sequence[np.ndarray]], *,
-                    sample_rate: int = 24_000, baselines: Sequence[str] = ("opus", "mulaw"),
+                    sample_rate: int = 24_000,
+                    baselines: Mapping[str, Mapping[float, Coded]] | None = None,
                     codec_name: str = "codec") -> list[dict]:
     """Scores the codec's reconstructions per nominal kbit/s (e.g. {1.5: [...], 3: [...],
-    6: [...]}) and each baseline run on the same references at the same nominal rate."""
+    6: [...]}) and each baseline's output (`code_baselines`) at the same nominal rate."""
     rows = []
     for kbps in sorted(codec_reconstructions):
         row = {"method": codec_name, "kbps": float(kbps), "spent_kbps": float(kbps)}
         rows.append(row | score(references, codec_reconstructions[kbps], sample_rate))
-        for name in baselines:
-            coded, spent = zip(*(BASELINES[name](np.asarray(r, np.float32).reshape(-1), sample_rate,
-                                                 1000.0 * kbps) for r in references))
-            rows.append({"method": name, "kbps": float(kbps),
-                         "spent_kbps": float(np.mean(spent)) / 1000.0}
-                        | score(references, coded, sample_rate))
+        for name, by_rate in (baselines or {}).items():
+            coded = by_rate[float(kbps)]
+            rows.append({"method": name, "kbps": float(kbps), "spent_kbps": coded.spent_kbps}
+                        | score(references, coded.waves, sample_rate))
     return rows
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mufm.models.lm import LMConfig, param_count
+from mufm.lm.model import LMConfig, param_count
 
 EXPERIMENT = "experiments/musiclm_stage_v5e_256.gin"
 LAST_LINE = re.compile(r"^fits=(true|false) per_chip_bytes=(\d+) hbm_bytes=(\d+)$")
@@ -19,7 +19,7 @@ pytest.importorskip("libtpu", reason="the compile check needs libtpu (pip instal
 
 
 def run_check(*args: str, timeout: int = 900) -> tuple[int, str, dict]:
-    proc = subprocess.run([sys.executable, "-m", "mufm.parallel.compile_check", *args],
+    proc = subprocess.run([sys.executable, "-m", "mufm.train.compile_check", *args],
                           capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
     lines = proc.stdout.strip().splitlines()
     m = LAST_LINE.match(lines[-1]) if lines else None
@@ -52,7 +52,7 @@ def test_too_big_reports_does_not_fit():
 
 
 def test_unknown_topology_names_the_expected_form():
-    proc = subprocess.run([sys.executable, "-m", "mufm.parallel.compile_check",
+    proc = subprocess.run([sys.executable, "-m", "mufm.train.compile_check",
                            f"--gin_file={EXPERIMENT}", "--topology=v5litepod-256"],
                           capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert proc.returncode == 2
@@ -60,7 +60,7 @@ def test_unknown_topology_names_the_expected_form():
 
 
 def test_parse_topology():
-    from mufm.parallel.compile_check import TopologyError, parse_topology
+    from mufm.train.compile_check import TopologyError, parse_topology
 
     assert parse_topology("v5e:16x16") == ("v5e", (16, 16))
     assert parse_topology("v4:4x4x8") == ("v4", (4, 4, 8))

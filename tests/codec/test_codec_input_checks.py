@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mufm.models.codec_tokenizer import BadAudioError, check_codes, check_waveform
+from mufm.codec.tokenizer import BadAudioError, check_codes, check_waveform
 
 
 def test_good_waveform_passes_as_float32():

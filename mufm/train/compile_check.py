@@ -1,14 +1,17 @@
-"""Ahead-of-time compile of the real train step for a TPU topology, on a machine with no TPU.
+"""Ahead-of-time compile of every program a task trains with, for a TPU topology, on a
+machine with no TPU (MaxText keeps `train_compile.py` beside `train.py`; so does mufm).
 
-    python -m mufm.parallel.compile_check --gin_file=experiments/musiclm_stage_v5e_256.gin \
-        --topology=v5e:16x16 [--num_slices=2] [--gin.NAME=value ...]
+    python -m mufm.train.compile_check --gin_file=experiments/musiclm_stage_v5e_256.gin \
+        --topology=v5e:16x16 [--num_slices=2] [--programs=train,eval] [--gin.NAME=value ...]
 
 libtpu's compiler is asked for compile-only devices of the named topology
-(`jax.experimental.topologies`); the trainer's own program (mesh, sharded abstract state,
-jitted donated step: `mufm.train.loop.build_program`) is lowered on them with a batch of
-shapes and compiled. Nothing runs and no data is read. It prints XLA's per-chip memory
-(arguments, outputs, temporaries, code), its FLOPs per step next to the model's analytic
-FLOPs, the chip's HBM, and ends with one line
+(`jax.experimental.topologies`); the trainer's own program (`mufm.train.loop.build_program`
+of the configured `train.task`: mesh, sharded abstract state, every jitted train step and
+eval program the task declares) is lowered on them with a batch of shapes and compiled.
+Nothing runs and no data is read; nothing here knows which model it is. It prints, per
+program, XLA's per-chip memory (arguments, outputs, temporaries, code) and FLOPs (next to
+the task's analytic FLOPs for train steps) and the chip's HBM, and ends with one line over
+all programs (the largest per-chip footprint)
 
     fits=<true|false> per_chip_bytes=<int> hbm_bytes=<int>
 
@@ -107,6 +110,7 @@ def topology_devices(name: str, num_slices: int = 1):
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    program: str  # the task's step or eval program name
     topology: str
     num_devices: int
     argument_bytes: int
@@ -116,9 +120,8 @@ class Report:
     code_bytes: int
     hbm_bytes: int
     flops_per_device: float  # XLA's count for one device's program (0 when it did not compile)
-    model_flops: float  # analytic, whole step, all devices
+    model_flops: float  # analytic, whole step, all devices (0: an eval program)
     compile_s: float
-    scanned_layers: bool = False
     oom_message: str | None = None  # the compiler's own out-of-HBM error, when it gave one
 
     @property
@@ -133,8 +136,8 @@ class Report:
 
     def lines(self) -> list[str]:
         g = lambda b: f"{b:>15,d} B  {b / GiB:8.3f} GiB"
-        out = [f"topology            {self.topology} ({self.num_devices} devices), compiled in "
-               f"{self.compile_s:.0f} s"]
+        out = [f"program {self.program!r} on {self.topology} ({self.num_devices} devices), "
+               f"compiled in {self.compile_s:.0f} s"]
         if self.oom_message:
             out += [f"compiler            {self.oom_message}",
                     "                    (arguments from the shardings, temporaries from the "
@@ -151,18 +154,22 @@ class Report:
         ]
         if self.flops_per_device:
             xla_total = self.flops_per_device * self.num_devices
+            ratio = f", {xla_total / self.model_flops:.3f} x model FLOPs" if self.model_flops else ""
             out.append(f"XLA FLOPs per step  {self.flops_per_device:.4e} per chip, "
-                       f"{xla_total:.4e} total, {xla_total / self.model_flops:.3f} x model FLOPs")
-            if self.scanned_layers:
-                out.append("                    (XLA counts the body of the scanned layer loop "
-                           "once, not once per layer)")
-        out += [
-            f"model FLOPs/step    {self.model_flops:.4e} total, "
-            f"{self.model_flops / self.num_devices:.4e} per chip (analytic, no remat)",
-            f"fits={str(self.fits).lower()} per_chip_bytes={self.per_chip_bytes} "
-            f"hbm_bytes={self.hbm_bytes}",
-        ]
+                       f"{xla_total:.4e} total{ratio}")
+            out.append("                    (XLA counts the body of a scanned loop once, e.g. "
+                       "one layer of a scanned stack)")
+        if self.model_flops:
+            out.append(f"model FLOPs/step    {self.model_flops:.4e} total, "
+                       f"{self.model_flops / self.num_devices:.4e} per chip (analytic, no remat)")
         return out
+
+
+def summary_line(reports: Sequence[Report]) -> str:
+    worst = max(reports, key=lambda r: r.per_chip_bytes)
+    fits = all(r.fits for r in reports)
+    return (f"fits={str(fits).lower()} per_chip_bytes={worst.per_chip_bytes} "
+            f"hbm_bytes={worst.hbm_bytes}")
 
 
 def _flops(compiled) -> float:
@@ -195,70 +202,29 @@ def _oom_temp_bytes(message: str) -> int:
     return int(float(value) * _UNITS[unit])
 
 
-def _configured(entry: str, names) -> dict:
-    """The very configs gin would inject into `entry` (`train.model` is `@LMConfig()`, ...)."""
+def configured_program(devices):
+    """The trainer's Program for the parsed gin config's `train.task`, `train.mesh` and
+    `train.run`, on `devices`: the same objects `train()` would be called with."""
     import gin
 
-    return {k: gin.query_parameter(f"{entry}.{k}").scoped_configurable_fn() for k in names}
+    from mufm.train.loop import build_program
+
+    cfgs = {k: gin.query_parameter(f"train.{k}").scoped_configurable_fn()
+            for k in ("task", "mesh", "run")}
+    return build_program(cfgs["task"], cfgs["mesh"], cfgs["run"], devices=devices)
 
 
-def _is_codec_config() -> bool:
-    import gin
-
-    try:
-        gin.query_parameter("train_codec.codec")
-    except ValueError:
-        return False
-    return True
-
-
-def _lm_program(devices):
-    from mufm.models.lm import train_flops_per_token
-    from mufm.train import loop
-
-    cfgs = _configured("train", ("model", "data", "optimizer", "mesh", "run"))
-    program = loop.build_program(cfgs["model"], cfgs["data"], cfgs["optimizer"], cfgs["mesh"],
-                                 cfgs["run"], devices=devices)
-    data, model = cfgs["data"], cfgs["model"]
-    flops = train_flops_per_token(model, data.sequence_length) * data.batch_size * data.sequence_length
-    return program, program.train_step, loop.abstract_batch(program, data), flops, model.scan_layers
-
-
-def _codec_program(devices):
-    from flax import nnx
-
-    from mufm.models.codec import Codec
-    from mufm.train import codec_loop
-
-    cfgs = _configured("train_codec", ("codec", "discriminator", "losses", "gan", "generator_optimizer",
-                                       "discriminator_optimizer", "mesh", "run", "data"))
-    data = cfgs.pop("data")
-    program = codec_loop.build_codec_program(**cfgs, devices=devices)
-    # Analytic FLOPs of the generator only (convs and RVQ distances, forward + backward =
-    # 3x forward); the discriminators and the mel losses come on top in XLA's count.
-    codec = nnx.eval_shape(lambda: Codec(cfgs["codec"], rngs=nnx.Rngs(0)))
-    flops = 3 * sum(codec.flops(data.sequence_length).values()) * data.batch_size
-    return (program, program.train_step, codec_loop.abstract_codec_batch(program, data), flops,
-            False)
-
-
-def compile_train_step(topology: str, num_slices: int = 1) -> Report:
-    """Compiles the configured train step (gin must be parsed) for `topology`: the stage LM's
-    `train()` or, when the config wires `train_codec()`, the codec GAN step."""
+def compile_one(program, name: str, fn, *, topology: str, hbm_bytes: int,
+                model_flops: float) -> Report:
     import jax
 
     from mufm.parallel.logical import sharding_context
 
-    devices = topology_devices(topology, num_slices)
-    gen, _ = parse_topology(topology)
-    program, step, batch, model_flops, scanned = (
-        _codec_program(devices) if _is_codec_config() else _lm_program(devices))
-    common = dict(topology=topology if num_slices == 1 else f"{num_slices} x {topology}",
-                  num_devices=len(devices), hbm_bytes=TPU_GENERATIONS[gen].hbm_bytes,
-                  model_flops=model_flops, scanned_layers=scanned)
+    common = dict(program=name, topology=topology, num_devices=program.mesh.devices.size,
+                  hbm_bytes=hbm_bytes, model_flops=model_flops)
     start = time.perf_counter()
     with sharding_context(program.mesh, program.rules):
-        lowered = step.lower(program.abstract, batch)
+        lowered = fn.lower(program.abstract, program.batch_spec)
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as e:
@@ -267,9 +233,10 @@ def compile_train_step(topology: str, num_slices: int = 1) -> Report:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             state = _shard_bytes(program.abstract)
-            return Report(argument_bytes=state + _shard_bytes(batch), output_bytes=state,
-                          alias_bytes=state, temp_bytes=_oom_temp_bytes(str(e)), code_bytes=0,
-                          flops_per_device=0.0, compile_s=time.perf_counter() - start,
+            return Report(argument_bytes=state + _shard_bytes(program.batch_spec),
+                          output_bytes=state, alias_bytes=state,
+                          temp_bytes=_oom_temp_bytes(str(e)), code_bytes=0, flops_per_device=0.0,
+                          compile_s=time.perf_counter() - start,
                           oom_message=str(e).strip().splitlines()[0], **common)
     mem = compiled.memory_analysis()
     return Report(argument_bytes=int(mem.argument_size_in_bytes),
@@ -279,6 +246,34 @@ def compile_train_step(topology: str, num_slices: int = 1) -> Report:
                   code_bytes=int(mem.generated_code_size_in_bytes),
                   flops_per_device=_flops(compiled), compile_s=time.perf_counter() - start,
                   **common)
+
+
+def compile_programs(topology: str, num_slices: int = 1, only: Sequence[str] | None = None,
+                     report=None) -> list[Report]:
+    """Compiles every program of the configured task (gin must be parsed) for `topology`:
+    its train steps, then its eval programs (`only`: just these names). `report(r)` is called
+    as each finishes (the CLI prints as it goes: a big compile takes minutes)."""
+    devices = topology_devices(topology, num_slices)
+    gen, _ = parse_topology(topology)
+    program = configured_program(devices)
+    named = [(n, f, program.task.flops_per_step()) for n, f in program.steps.items()]
+    named += [(n, f, 0.0) for n, f in program.evals.items()]
+    known = [n for n, _, _ in named]
+    if only:
+        unknown = sorted(set(only) - set(known))
+        if unknown:
+            raise TopologyError(f"--programs: {unknown} are not programs of this task "
+                                f"(it has {known})")
+        named = [x for x in named if x[0] in only]
+    label = topology if num_slices == 1 else f"{num_slices} x {topology}"
+    out = []
+    for name, fn, flops in named:
+        r = compile_one(program, name, fn, topology=label,
+                        hbm_bytes=TPU_GENERATIONS[gen].hbm_bytes, model_flops=flops)
+        out.append(r)
+        if report:
+            report(r)
+    return out
 
 
 def _pop_flag(rest: list[str], name: str) -> str | None:
@@ -300,23 +295,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     files, bindings, rest = split_args(list(sys.argv[1:] if argv is None else argv))
     topology = _pop_flag(rest, "topology")
     num_slices = _pop_flag(rest, "num_slices") or "1"
+    programs = _pop_flag(rest, "programs")
     try:
         if rest:
             raise GinConfigError(f"unknown arguments {rest}: use --gin_file=..., --gin.NAME=value, "
-                                 f"--topology=v5e:16x16 and optionally --num_slices=N")
+                                 f"--topology=v5e:16x16 and optionally --num_slices=N, "
+                                 f"--programs=NAME,...")
         if topology is None:
             raise TopologyError("--topology is required, e.g. --topology=v5e:16x16")
         parse_topology(topology)
         # A compile check needs no output folder: a placeholder satisfies %gin.REQUIRED.
         has_model_dir = any(b.replace(" ", "").startswith("MODEL_DIR=") for b in bindings)
         parse(files, ([] if has_model_dir else ['MODEL_DIR="/tmp/mufm_compile_check"']) + bindings)
-        report = compile_train_step(topology, int(num_slices))
+        reports = compile_programs(
+            topology, int(num_slices), only=programs.split(",") if programs else None,
+            report=lambda r: print("\n".join(r.lines()) + "\n", flush=True))
     except (GinConfigError, MeshError, ShardingRuleError, TopologyError) as e:
-        print(f"mufm.parallel.compile_check: {e}", file=sys.stderr)
+        print(f"mufm.train.compile_check: {e}", file=sys.stderr)
         return 2
-    for line in report.lines():
-        print(line, flush=True)
-    return 0 if report.fits else 1
+    line = summary_line(reports)
+    print(line, flush=True)
+    return 0 if line.startswith("fits=true") else 1
 
 
 if __name__ == "__main__":

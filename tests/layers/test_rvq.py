@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mufm.models.quantizers import CodebookState, ResidualVectorQuantizer, kmeans
+from mufm.layers.rvq import CodebookState, ResidualVectorQuantizer, kmeans
 
 
 def _rvq(**kw):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mufm.models.lm import LMConfig, StageLM, param_count, train_flops_per_token
-from mufm.models.remat import REMAT_POLICIES
+from mufm.lm.model import LMConfig, StageLM, param_count, train_flops_per_token
+from mufm.layers.remat import REMAT_POLICIES
 
 
 def tiny(**kw):

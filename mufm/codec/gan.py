@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flax import nnx
 
-from mufm.models.codec import Codec, CodecConfig
-from mufm.models.discriminators import DiscriminatorConfig, Discriminators
+from mufm.codec.model import Codec, CodecConfig
+from mufm.codec.discriminators import DiscriminatorConfig, Discriminators
 
 GROUPS = ("generator", "discriminator")
 

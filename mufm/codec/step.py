@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mufm.models.codec_losses import CodecLossConfig, discriminator_loss, generator_loss
-from mufm.models.quantizers import CodebookState
+from mufm.codec.losses import CodecLossConfig, discriminator_loss, generator_loss
+from mufm.layers.rvq import CodebookState
 from mufm.train.state import ModelSpec, TrainState, merge_model
 
 ADVERSARIAL_TERMS = ("adversarial", "feature_matching", "discriminator_loss", "logits_real",
@@ -76,7 +76,7 @@ def _level_metrics(aux: dict) -> dict[str, jax.Array]:
 
 
 def gan_train_step(state: TrainState, batch: dict, *, spec: ModelSpec,
-                   txs: dict[str, optax.GradientTransformation],
+                   tx: optax.GradientTransformation,
                    schedules: dict[str, optax.Schedule], losses: CodecLossConfig, cfg: GANConfig,
                    adversarial: bool = True, seed: int = 0) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -84,48 +84,56 @@ def gan_train_step(state: TrainState, batch: dict, *, spec: ModelSpec,
     params = state.params
     scale = adversarial_scale(state.step, cfg)
 
-    def generator_objective(g_params, with_discriminator: bool):
+    def merged(d_params):
+        return merge_model(spec, {"generator": params["generator"], "discriminator": d_params},
+                           state.model_state)
+
+    real_out = real_vjp = None
+    if adversarial:
+        # D(real) once per step, for both players: the generator's feature-matching targets
+        # (no gradient) and the real half of the discriminator's hinge loss (its gradient
+        # comes back through this vjp).
+        real_out, real_vjp = jax.vjp(lambda d: merged(d).discriminator(real),
+                                     params["discriminator"])
+        real_targets = jax.lax.stop_gradient(real_out)
+
+    def generator_objective(g_params):
         model = merge_model(spec, {"generator": g_params, "discriminator": params["discriminator"]},
                             state.model_state)
         fake, aux = model.generator(real, train=True, key=key)
-        disc = model.discriminator if with_discriminator else None
+        disc = model.discriminator if adversarial else None
         loss, terms = generator_loss(disc, real, fake, aux["commitment_loss"], losses,
-                                     adversarial_scale=scale)
+                                     adversarial_scale=scale,
+                                     real_outputs=real_targets if adversarial else None)
         return loss, (terms, _level_metrics(aux), _codebook_state(model), fake)
 
-    def discriminator_objective(d_params, fake):
-        model = merge_model(spec, {"generator": params["generator"], "discriminator": d_params},
-                            state.model_state)
-        return discriminator_loss(model.discriminator, real, fake, losses)
-
-    def generator_grads(with_discriminator: bool):
-        grad = jax.value_and_grad(generator_objective, has_aux=True)
-        (_, (terms, levels, codebooks, fake)), g_grads = grad(params["generator"], with_discriminator)
-        return g_grads, terms, levels, codebooks, fake
-
+    grad = jax.value_and_grad(generator_objective, has_aux=True)
+    (_, (terms, levels, codebooks, fake)), g_grads = grad(params["generator"])
+    grads = {"generator": g_grads}
     if adversarial:
-        g_grads, terms, levels, codebooks, fake = generator_grads(True)
-        (_, d_terms), d_grads = jax.value_and_grad(discriminator_objective, has_aux=True)(
-            params["discriminator"], fake)
+        def discriminator_objective(d_params, real_outputs):
+            return discriminator_loss(merged(d_params).discriminator, real, fake, losses,
+                                      real_outputs=real_outputs)
+
+        (_, d_terms), (d_grads, real_cotangent) = jax.value_and_grad(
+            discriminator_objective, argnums=(0, 1), has_aux=True)(params["discriminator"], real_out)
+        (d_grads_real,) = real_vjp(real_cotangent)
+        grads["discriminator"] = jax.tree.map(jnp.add, d_grads, d_grads_real)
         terms = dict(terms, **d_terms)
-        grads = {"generator": g_grads, "discriminator": d_grads}
     else:
-        # Warm-up: the discriminator group is not differentiated or updated at all.
-        g_grads, terms, levels, codebooks, _ = generator_grads(False)
+        # Warm-up: the discriminator group is not run, differentiated or updated at all.
         terms = dict(terms, **{k: jnp.zeros((), jnp.float32) for k in ADVERSARIAL_TERMS
                                if k not in terms})
-        grads = {"generator": g_grads}
 
     norms = {name: optax.tree.norm(g) for name, g in grads.items()}
     ok = jnp.isfinite(terms["generator_loss"]) & jnp.isfinite(terms["discriminator_loss"])
     for norm in norms.values():
         ok = ok & jnp.isfinite(norm)
-    # Only the groups with gradients are updated (the warm-up leaves the discriminator's
-    # parameters and Adam statistics as they are).
-    new_params, new_opt = dict(params), dict(state.opt_state)
-    for name, g in grads.items():
-        updates, new_opt[name] = txs[name].update(g, state.opt_state[name], params[name])
-        new_params[name] = optax.apply_updates(params[name], updates)
+    # `tx` is a per_group transformation: given gradients of only some groups it updates
+    # those and leaves the others' statistics as they are (the warm-up's discriminator).
+    updates, new_opt = tx.update(grads, state.opt_state, params)
+    new_params = dict(params, **{name: optax.apply_updates(params[name], u)
+                                 for name, u in updates.items()})
     new_state = state.advance(ok, params=new_params, opt_state=new_opt, model_state=codebooks)
     norms.setdefault("discriminator", jnp.zeros((), jnp.float32))
     metrics = dict(terms, **levels)
@@ -136,9 +144,8 @@ def gan_train_step(state: TrainState, batch: dict, *, spec: ModelSpec,
     return new_state, metrics
 
 
-def reconstruct(state: TrainState, waveform: jax.Array, *, spec: ModelSpec,
-                num_levels: int) -> jax.Array:
-    """Eval-mode reconstruction [b, n] of the codec with its first `num_levels` levels."""
+def reconstruct(state: TrainState, batch: dict, *, spec: ModelSpec, num_levels: int) -> jax.Array:
+    """Eval-mode reconstruction [b, n] of batch["waveform"] with the first `num_levels` levels."""
     model = merge_model(spec, state.params, state.model_state)
-    recon, _ = model.generator(waveform.astype(jnp.float32), num_levels=num_levels)
+    recon, _ = model.generator(batch["waveform"].astype(jnp.float32), num_levels=num_levels)
     return recon

@@ -1,6 +1,6 @@
 """STFT/mel, discriminators and codec GAN losses: correctness on known signals, shapes,
 finite bf16 compute. The GAN step composing them is tested through the trainer
-(tests/train/test_codec_step.py)."""
+(tests/codec/test_step.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +8,9 @@ import pytest
 from flax import nnx
 
 from mufm.layers.spectral import mel_filterbank, mel_spectrogram, stft
-from mufm.models.codec_losses import (CodecLossConfig, discriminator_loss, generator_loss,
+from mufm.codec.losses import (CodecLossConfig, discriminator_loss, generator_loss,
                                       multiscale_mel_loss)
-from mufm.models.discriminators import DiscriminatorConfig, build_discriminators
+from mufm.codec.discriminators import DiscriminatorConfig, build_discriminators
 
 TINY_D = DiscriminatorConfig(wave_channels=4, wave_max_channels=16, wave_downsample_layers=2,
                              stft_channels=2)

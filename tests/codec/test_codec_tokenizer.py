@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 import pytest
 
-from mufm.models.codec_tokenizer import (CPU_BLOCK_BUDGET, CPU_MIN_BLOCK, block_frames_for, decode,
+from mufm.codec.tokenizer import (CPU_BLOCK_BUDGET, CPU_MIN_BLOCK, block_frames_for, decode,
                                          decode_chunked, encode, encode_chunked)
 
 

@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mufm.models.lm import LMConfig, StageLM
+from mufm.lm.model import LMConfig, StageLM
 from mufm.parallel.logical import sharding_context
 from mufm.parallel.mesh import DEFAULT_RULES, MeshConfig, build_mesh
 from mufm.train.optim import OptimizerConfig, make_optimizer, make_schedule
 from mufm.train.state import create_train_state
-from mufm.train.step import StepConfig, train_step
+from mufm.lm.step import StepConfig, train_step
 
 CFG = LMConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, d_ff=64, dtype="float32")
 

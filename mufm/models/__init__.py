@@ -1,1 +1,0 @@
-"""mufm.models."""
