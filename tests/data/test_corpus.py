@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 
 from mufm.audio.features import chroma
-from mufm.data.corpus.config import get_config
+from mufm.data.corpus import __main__ as corpus_cli
+from mufm.data.corpus.config import DEFAULT_SOUNDFONT, get_config
 from mufm.data.corpus.manifest import read_manifest, read_report
 from mufm.data.corpus.works import Work, assign_splits
 
@@ -152,6 +153,29 @@ def test_config_change_in_existing_dir_is_refused(tiny_corpus, tmp_path, cli):
     cli.run(out, "--limit=1")  # limit is not part of the config: same config
     res = cli.run(out, "--seed=7", check=False)
     assert res.returncode != 0 and "another config" in res.stderr
+
+
+def test_mufm_soundfont_is_the_builds_soundfont(tmp_path, monkeypatch):
+    """$MUFM_SOUNDFONT picks the soundfont and is part of the recorded config, so a resume
+    with another soundfont is refused; a missing one fails before anything is recorded."""
+    other = tmp_path / "other.sf2"
+    other.write_bytes(b"RIFF")
+    monkeypatch.setenv("MUFM_SOUNDFONT", str(other))
+    assert get_config("quick").soundfont == str(other)
+    assert get_config("full").soundfont == str(other)
+    assert get_config("quick", soundfont="/x/y.sf2").soundfont == "/x/y.sf2"  # explicit wins
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "build_config.json").write_text(json.dumps(get_config("quick").to_json()))
+    monkeypatch.delenv("MUFM_SOUNDFONT")
+    assert get_config("quick").soundfont == DEFAULT_SOUNDFONT
+    with pytest.raises(ValueError, match="another config"):
+        corpus_cli.main(["build", "--config=quick", f"--out={out}", "--limit=1", "--no-progress"])
+    monkeypatch.setenv("MUFM_SOUNDFONT", str(tmp_path / "typo.sf2"))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(FileNotFoundError, match="MUFM_SOUNDFONT"):
+        corpus_cli.main(["build", "--config=quick", f"--out={fresh}", "--limit=1", "--no-progress"])
+    assert not (fresh / "build_config.json").exists()
 
 
 def test_parse_time_limit_kills_and_retries_then_reports(tmp_path, cli):

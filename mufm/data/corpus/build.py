@@ -33,7 +33,7 @@ import time
 from collections import Counter, deque
 
 from mufm.data.corpus import captions
-from mufm.data.corpus.config import CorpusConfig
+from mufm.data.corpus.config import SOUNDFONT_ENV, CorpusConfig
 from mufm.data.corpus.works import Work, list_works
 
 from mufm.data.corpus.manifest import MANIFEST, REPORT
@@ -155,6 +155,11 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
             old = json.load(f)
         if old != json.loads(json.dumps(cfg.to_json())):
             raise ValueError(f"{out_dir} was built with another config; use a new --out or --force")
+    # Checked before the config is recorded: a mistyped $MUFM_SOUNDFONT must not become
+    # the directory's config (every render would fail, and the fix would be refused).
+    if not os.path.exists(cfg.soundfont):
+        raise FileNotFoundError(f"soundfont {cfg.soundfont} not found: set {SOUNDFONT_ENV} "
+                                "or install fluid-soundfont-gm")
     write_json_atomic(cfg_path, cfg.to_json())
     shutil.rmtree(os.path.join(out_dir, "tmp"), ignore_errors=True)
     os.makedirs(os.path.join(out_dir, "tmp"))

@@ -10,6 +10,10 @@ import dataclasses
 import os
 
 
+DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"  # Debian fluid-soundfont-gm
+SOUNDFONT_ENV = "MUFM_SOUNDFONT"
+
+
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
     name: str
@@ -30,7 +34,7 @@ class CorpusConfig:
     render_timeout_s: float = 300.0   # hard limit per fluidsynth run
     render_length_ratio: float = 2.0  # output-length guard: kill at ratio x MIDI length + 30 s
     max_clip_seconds: float | None = None  # None: whole works; else clips are cut to this length
-    soundfont: str = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+    soundfont: str = DEFAULT_SOUNDFONT  # get_config puts $MUFM_SOUNDFONT here when it is set
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -65,13 +69,20 @@ CONFIGS = {"quick": QUICK, "full": FULL}
 
 
 def get_config(name: str, **overrides) -> CorpusConfig:
+    """A named config with ``overrides``; ``$MUFM_SOUNDFONT``, when set, is the soundfont
+    (unless ``soundfont`` is overridden explicitly).
+
+    The soundfont is resolved here, into the config, rather than at render time, so it
+    is recorded in build_config.json: resuming a build with another soundfont is then
+    refused like any other config change instead of mixing two timbres in one corpus.
+    """
     if name not in CONFIGS:
         raise ValueError(f"unknown corpus config {name!r}; choose from {sorted(CONFIGS)}")
+    if "soundfont" not in overrides and os.environ.get(SOUNDFONT_ENV):
+        overrides["soundfont"] = os.environ[SOUNDFONT_ENV]
+    if "soundfont" in overrides:  # the same file named from two cwds is one config
+        overrides["soundfont"] = os.path.abspath(os.path.expanduser(overrides["soundfont"]))
     return dataclasses.replace(CONFIGS[name], **overrides)
-
-
-def default_soundfont() -> str:
-    return os.environ.get("MUFM_SOUNDFONT", QUICK.soundfont)
 
 
 @dataclasses.dataclass(frozen=True)
