@@ -10,32 +10,36 @@ import dataclasses
 import os
 
 
+DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"  # Debian fluid-soundfont-gm
+SOUNDFONT_ENV = "MUFM_SOUNDFONT"
+
+
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
-  name: str
-  # music21 corpus collections (top-level folders) and how many works to take from each
-  # (None = all). Works are drawn by a seeded shuffle, so a smaller cap is a subset.
-  collections: tuple[tuple[str, int | None], ...]
-  variants_per_work: int = 2
-  seed: int = 0
-  # works outside these score lengths (quarter notes, from music21's metadata) are left out
-  min_quarter_length: float = 8.0
-  max_quarter_length: float | None = None
-  tempo_scale: tuple[float, float] = (0.8, 1.25)   # per-variant tempo factor range
-  bpm_bounds: tuple[int, int] = (40, 200)          # musical bounds after scaling
-  split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test, by work
-  sample_rate: int = 24000
-  target_lufs: float = -20.0
-  parse_timeout_s: float = 60.0     # hard limit per parse attempt (worker is killed)
-  render_timeout_s: float = 300.0   # hard limit per fluidsynth run
-  render_length_ratio: float = 2.0  # output-length guard: kill at ratio x MIDI length + 30 s
-  max_clip_seconds: float | None = None  # None: whole works; else clips are cut to this length
-  soundfont: str = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+    name: str
+    # music21 corpus collections (top-level folders) and how many works to take from each
+    # (None = all). Works are drawn by a seeded shuffle, so a smaller cap is a subset.
+    collections: tuple[tuple[str, int | None], ...]
+    variants_per_work: int = 2
+    seed: int = 0
+    # works outside these score lengths (quarter notes, from music21's metadata) are left out
+    min_quarter_length: float = 8.0
+    max_quarter_length: float | None = None
+    tempo_scale: tuple[float, float] = (0.8, 1.25)   # per-variant tempo factor range
+    bpm_bounds: tuple[int, int] = (40, 200)          # musical bounds after scaling
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test, by work
+    sample_rate: int = 24000
+    target_lufs: float = -20.0
+    parse_timeout_s: float = 60.0     # hard limit per parse attempt (worker is killed)
+    render_timeout_s: float = 300.0   # hard limit per fluidsynth run
+    render_length_ratio: float = 2.0  # output-length guard: kill at ratio x MIDI length + 30 s
+    max_clip_seconds: float | None = None  # None: whole works; else clips are cut to this length
+    soundfont: str = DEFAULT_SOUNDFONT  # get_config puts $MUFM_SOUNDFONT here when it is set
 
-  def to_json(self) -> dict:
-    d = dataclasses.asdict(self)
-    d["collections"] = [list(c) for c in self.collections]
-    return d
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["collections"] = [list(c) for c in self.collections]
+        return d
 
 
 # quick: ~30 works x 2 variants, > 30 min of audio, a few minutes on 2 cores (CI, README job).
@@ -65,27 +69,35 @@ CONFIGS = {"quick": QUICK, "full": FULL}
 
 
 def get_config(name: str, **overrides) -> CorpusConfig:
-  if name not in CONFIGS:
-    raise ValueError(f"unknown corpus config {name!r}; choose from {sorted(CONFIGS)}")
-  return dataclasses.replace(CONFIGS[name], **overrides)
+    """A named config with ``overrides``; ``$MUFM_SOUNDFONT``, when set, is the soundfont
+    (unless ``soundfont`` is overridden explicitly).
 
-
-def default_soundfont() -> str:
-  return os.environ.get("MUFM_SOUNDFONT", QUICK.soundfont)
+    The soundfont is resolved here, into the config, rather than at render time, so it
+    is recorded in build_config.json: resuming a build with another soundfont is then
+    refused like any other config change instead of mixing two timbres in one corpus.
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"unknown corpus config {name!r}; choose from {sorted(CONFIGS)}")
+    if "soundfont" not in overrides and os.environ.get(SOUNDFONT_ENV):
+        overrides["soundfont"] = os.environ[SOUNDFONT_ENV]
+    if "soundfont" in overrides:  # the same file named from two cwds is one config
+        overrides["soundfont"] = os.path.abspath(os.path.expanduser(overrides["soundfont"]))
+    return dataclasses.replace(CONFIGS[name], **overrides)
 
 
 @dataclasses.dataclass(frozen=True)
 class CollectionInfo:
-  label: str                 # how captions name the collection
-  era: str
-  composer: str | None = None
-  region: str | None = None
-  default_bpm: int = 100     # used when the score has no metronome mark
-  texture: str | None = None  # None: derived from the number of parts
+    label: str                 # how captions name the collection
+    era: str
+    composer: str | None = None
+    region: str | None = None
+    default_bpm: int = 100     # used when the score has no metronome mark
+    texture: str | None = None  # None: derived from the number of parts
 
 
 COLLECTIONS = {
-    "bach": CollectionInfo("Bach chorales", "Baroque", "J.S. Bach", "Germany", 76, "four-part chorale"),
+    "bach": CollectionInfo("Bach chorales", "Baroque", "J.S. Bach", "Germany", 76,
+                           "four-part chorale"),
     "beethoven": CollectionInfo("Beethoven string quartets", "Classical", "Ludwig van Beethoven",
                                 "Austria", 108, "string quartet movement"),
     "mozart": CollectionInfo("Mozart", "Classical", "Wolfgang Amadeus Mozart", "Austria", 108),
@@ -99,7 +111,8 @@ COLLECTIONS = {
                                    "North America", 112, "fiddle tune"),
     "airdsAirs": CollectionInfo("Aird's Airs", "traditional", None, "Scotland", 96, "Scottish air"),
     "miscFolk": CollectionInfo("folk tunes", "traditional", None, None, 100, "folk melody"),
-    "palestrina": CollectionInfo("Palestrina masses", "Renaissance", "Giovanni Pierluigi da Palestrina",
+    "palestrina": CollectionInfo("Palestrina masses", "Renaissance",
+                                 "Giovanni Pierluigi da Palestrina",
                                  "Italy", 72, "polyphonic mass movement"),
     "trecento": CollectionInfo("Trecento", "Medieval", None, "Italy", 84, "polyphonic song"),
     "monteverdi": CollectionInfo("Monteverdi madrigals", "Renaissance", "Claudio Monteverdi",
@@ -107,20 +120,25 @@ COLLECTIONS = {
     "josquin": CollectionInfo("Josquin", "Renaissance", "Josquin des Prez", "France", 72,
                               "polyphonic motet"),
     "luca": CollectionInfo("Luca Marenzio", "Renaissance", "Luca Marenzio", "Italy", 80),
-    "lusitano": CollectionInfo("Vicente Lusitano", "Renaissance", "Vicente Lusitano", "Portugal", 72),
+    "lusitano": CollectionInfo("Vicente Lusitano", "Renaissance", "Vicente Lusitano", "Portugal",
+                               72),
     "ciconia": CollectionInfo("Johannes Ciconia", "Medieval", "Johannes Ciconia", "Italy", 84),
     "corelli": CollectionInfo("Corelli trio sonatas", "Baroque", "Arcangelo Corelli", "Italy", 96),
     "handel": CollectionInfo("Handel", "Baroque", "George Frideric Handel", "England", 96),
-    "cpebach": CollectionInfo("C.P.E. Bach", "Classical", "Carl Philipp Emanuel Bach", "Germany", 100),
+    "cpebach": CollectionInfo("C.P.E. Bach", "Classical", "Carl Philipp Emanuel Bach", "Germany",
+                              100),
     "schubert": CollectionInfo("Schubert", "Romantic", "Franz Schubert", "Austria", 90),
     "weber": CollectionInfo("Weber", "Romantic", "Carl Maria von Weber", "Germany", 100),
     "verdi": CollectionInfo("Verdi", "Romantic", "Giuseppe Verdi", "Italy", 90),
     "chopin": CollectionInfo("Chopin", "Romantic", "Frederic Chopin", "Poland", 120, "piano piece"),
-    "schumann_robert": CollectionInfo("Robert Schumann", "Romantic", "Robert Schumann", "Germany", 90),
+    "schumann_robert": CollectionInfo("Robert Schumann", "Romantic", "Robert Schumann", "Germany",
+                                      90),
     "schumann_clara": CollectionInfo("Clara Schumann", "Romantic", "Clara Schumann", "Germany", 90),
     "beach": CollectionInfo("Amy Beach", "Romantic", "Amy Beach", "United States", 90),
-    "joplin": CollectionInfo("Scott Joplin rags", "ragtime", "Scott Joplin", "United States", 96, "piano rag"),
-    "johnson_j_r": CollectionInfo("J. Rosamond Johnson", "early 20th-century", "J. Rosamond Johnson",
+    "joplin": CollectionInfo("Scott Joplin rags", "ragtime", "Scott Joplin", "United States", 96,
+                             "piano rag"),
+    "johnson_j_r": CollectionInfo("J. Rosamond Johnson", "early 20th-century",
+                                  "J. Rosamond Johnson",
                                   "United States", 90),
     "liliuokalani": CollectionInfo("Liliuokalani", "Romantic", "Liliuokalani", "Hawaii", 80),
     "nottingham-dataset": CollectionInfo("Nottingham folk tunes", "traditional", None, "England",
@@ -130,4 +148,4 @@ COLLECTIONS = {
 
 
 def collection_info(name: str) -> CollectionInfo:
-  return COLLECTIONS.get(name, CollectionInfo(name, "Western"))
+    return COLLECTIONS.get(name, CollectionInfo(name, "Western"))
