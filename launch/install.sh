@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fluidsynth fluid-soundfont-gm ffmpeg libsndfile1)
+# python3-venv: `python3 -m venv` on a fresh Debian needs it (ensurepip).
+APT_PACKAGES=(python3-venv fluidsynth fluid-soundfont-gm ffmpeg libsndfile1)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

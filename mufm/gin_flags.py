@@ -81,6 +81,17 @@ def parse(files: Sequence[str], bindings: Sequence[str], *, finalize: bool = Tru
                                  f"(e.g. --gin.MODEL_DIR=\\\"runs/demo\\\").") from e
 
 
+_GIN_DIR = os.path.dirname(os.path.abspath(gin.__file__))
+
+
+def raised_by_gin(e: BaseException) -> bool:
+    """Whether `e` was raised by gin's own code (the innermost frame of its traceback)."""
+    tb, last = e.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and os.path.abspath(last.tb_frame.f_code.co_filename).startswith(_GIN_DIR)
+
+
 def run_main(entry, argv: Sequence[str] | None = None):
     """Parses gin flags, then calls `entry()` with everything injected by gin."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -91,10 +102,11 @@ def run_main(entry, argv: Sequence[str] | None = None):
     try:
         return entry()
     except (RuntimeError, ValueError, TypeError) as e:
-        # gin reports missing %gin.REQUIRED values and bad parameter names on call.
-        msg = str(e)
-        if "gin" in msg.lower() or "Required bindings" in msg:
-            raise GinConfigError(msg) from None
+        # gin reports missing %gin.REQUIRED values and bad parameter names when a
+        # configurable is called; only those (raised inside gin itself) are configuration
+        # errors. Anything the program raises, even through a configurable, stays itself.
+        if raised_by_gin(e):
+            raise GinConfigError(str(e)) from None
         raise
 
 

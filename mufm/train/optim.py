@@ -51,9 +51,18 @@ def make_schedule(cfg: OptimizerConfig, train_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
-def _decay_mask(params):
-    # No weight decay on vectors (norm scales) or tables of per-head biases.
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+# Weight decay applies to the weights of linear maps and embeddings, by name: every layer
+# calls them `kernel` / `embedding`. Norm scales, conv biases and the relative-position
+# bias table ([buckets, heads], 2-D but a table of additive biases) are not decayed.
+DECAYED_NAMES = ("kernel", "embedding")
+
+
+def decay_mask(params):
+    """True for the leaves weight decay applies to (their last path key is in DECAYED_NAMES)."""
+    def decayed(path, _):
+        last = path[-1]
+        return str(getattr(last, "key", getattr(last, "name", last))) in DECAYED_NAMES
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(cfg: OptimizerConfig, train_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -63,11 +72,11 @@ def make_optimizer(cfg: OptimizerConfig, train_steps: int) -> tuple[optax.Gradie
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     if cfg.name == "adamw":
         parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay, mask=_decay_mask))
+                                 weight_decay=cfg.weight_decay, mask=decay_mask))
     else:
         # Adafactor keeps its own second-moment decay (step^-0.8); b1/b2/eps are Adam's.
         parts.append(optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None,
-                                     weight_decay_mask=_decay_mask))
+                                     weight_decay_mask=decay_mask))
     return optax.chain(*parts), schedule
 
 

@@ -100,16 +100,18 @@ def write_model_config(model_dir: str, task) -> str | None:
 
 
 # -- finding a run and a step ---------------------------------------------------------------
-def resolve(checkpoint_dir: str, step: int | None = None) -> tuple[str, int]:
+def resolve(checkpoint_dir: str, step: int | None = None, family: str | None = None
+            ) -> tuple[str, int]:
     """(model_dir, step) for a MODEL_DIR (newest committed step unless `step`) or for one of
-    its `checkpoints/<step>` directories."""
+    its `checkpoints/<step>` directories. `family` only words the error."""
     path = os.path.abspath(os.path.expanduser(checkpoint_dir))
     if os.path.basename(path).isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
         path, step = os.path.dirname(os.path.dirname(path)), int(os.path.basename(path))
     ckpts = os.path.join(path, "checkpoints")
     if not os.path.isfile(os.path.join(path, MODEL_CONFIG)) or not os.path.isdir(ckpts):
         raise CheckpointNotFoundError(
-            f"{checkpoint_dir}: not a training run (expected {MODEL_CONFIG} and checkpoints/ "
+            f"{checkpoint_dir}: not a {family + ' ' if family else ''}training run (expected "
+            f"{MODEL_CONFIG} and checkpoints/ "
             f"written by `python -m mufm.train`)")
     committed = sorted(int(d) for d in os.listdir(ckpts)
                        if d.isdigit() and os.path.exists(os.path.join(ckpts, d, "state")))
@@ -161,7 +163,7 @@ def load(checkpoint_dir: str, step: int | None = None, *, family: str | None = N
     import orbax.checkpoint as ocp
     from flax import nnx
 
-    model_dir, step = resolve(checkpoint_dir, step)
+    model_dir, step = resolve(checkpoint_dir, step, family)
     record = read_model_config(model_dir)
     if family is not None and record["family"] != family:
         raise WrongFamilyError(f"{checkpoint_dir}: a {record['family']!r} run, not a {family!r} run")
