@@ -1,4 +1,5 @@
-"""Ahead-of-time TPU compile check: the real train step compiled by libtpu on this CPU machine.
+"""Ahead-of-time TPU compile check: every program of a task compiled by libtpu on this CPU
+machine, with no per-model code in the check.
 
 The check runs in a subprocess: conftest pins this process to 8 fake CPU devices, and libtpu
 has to be loaded by a fresh jax with the environment the module sets for itself.
@@ -40,13 +41,40 @@ def test_musiclm_stage_fits_v5e_256():
     assert params > 400e6
     assert r["per_chip"] > 12 * params / 256
     assert "XLA FLOPs per step" in out and "model FLOPs/step" in out
+    # Both programs the LM task declares: its train step and its eval program.
+    assert "program 'train'" in out and "program 'eval'" in out
+
+
+@pytest.mark.slow  # three TPU compiles of the tiny codec: ~1-3 min
+def test_codec_warmup_gan_and_eval_programs_compile():
+    """The codec task's two train steps and an eval program, through the same generic check
+    (its tiny synthetic experiment, data parallel on a 4-chip v5e slice)."""
+    rc, out, r = run_check("--gin_file=experiments/codec_synthetic_tiny.gin", "--topology=v5e:2x2",
+                           "--programs=warmup,train,reconstruct_4", timeout=1200)
+    assert rc == 0, out
+    for name in ("warmup", "train", "reconstruct_4"):
+        assert f"program {name!r} on v5e:2x2 (4 devices)" in out, out
+    assert "reconstruct_1" not in out  # --programs keeps to the names given
+    # The GAN step runs the discriminators too: more XLA FLOPs than the warm-up step.
+    flops = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r"program '(\w+)'.*?XLA FLOPs per step  ([\d.e+]+) per chip", out, re.S)}
+    assert flops["train"] > flops["warmup"] > 0, flops
+
+
+def test_unknown_program_is_named():
+    proc = subprocess.run([sys.executable, "-m", "mufm.train.compile_check",
+                           "--gin_file=experiments/codec_synthetic_tiny.gin", "--topology=v5e:2x2",
+                           "--programs=nope"], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ))
+    assert proc.returncode == 2
+    assert "nope" in proc.stderr and "warmup" in proc.stderr
 
 
 def test_too_big_reports_does_not_fit():
     # No remat and 512 sequences of 2304 tokens on a 4-chip slice: far beyond 16 GiB per chip.
     rc, out, r = run_check(f"--gin_file={EXPERIMENT}", "--topology=v5e:2x2",
                            "--gin.MeshConfig.ici_parallelism=(1, -1, 1)",
-                           "--gin.LMConfig.remat_policy='none'", timeout=600)
+                           "--gin.LMConfig.remat_policy='none'", "--programs=train", timeout=600)
     assert rc == 1, out
     assert not r["fits"] and r["per_chip"] > r["hbm"] == 16 * 2**30
 
