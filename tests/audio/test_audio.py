@@ -46,3 +46,41 @@ def test_log_mel_and_chroma():
     assert int(np.argmax(c)) == 9 and c[9] > 0.9  # A
     c2 = features.chroma(_sine(261.63, 24000, 2.0) + _sine(329.63, 24000, 2.0), 24000)
     assert set(np.argsort(c2)[-2:]) == {0, 4}  # C and E
+
+
+def test_log_mel_is_the_one_the_codec_loss_and_metric_compute_in_jax():
+    """features.log_mel (numpy) and ln(spectral.mel_spectrogram + LOG_MEL_FLOOR) (JAX: the
+    codec's mel loss and the mel distance) are one definition: equal up to fp32 rounding.
+    A different window, padding, filterbank, magnitude or floor moves them apart by far more."""
+    import jax.numpy as jnp
+
+    from mufm.layers.spectral import mel_spectrogram
+
+    u = 2.0 ** -24  # fp32 unit roundoff
+    rng = np.random.default_rng(0)
+    x = (0.1 * rng.normal(size=(3, 4800))).astype(np.float32)
+    x[2] = 0.0  # silence: only the floors and the magnitude's eps are left
+    for n_fft in (64, 256, 2048):
+        hop = n_fft // 4
+        ours = features.log_mel(x, 24000, n_fft=n_fft, hop=hop, n_mels=64)
+        jax_mel = mel_spectrogram(jnp.asarray(x), sample_rate=24000, n_fft=n_fft, hop=hop, n_mels=64)
+        theirs = np.asarray(jnp.log(jax_mel + features.LOG_MEL_FLOOR))
+        assert ours.shape == theirs.shape == (3, 1 + 4800 // hop, 64)
+        # The bound, from an exact (float64) reference: a radix-2 FFT of n points is within
+        # 7 log2(n) u ||X||_2 of exact (Higham, Accuracy and Stability, 24.1: log2(n) eta,
+        # eta = mu + gamma_4 (sqrt 2 + mu) ~ 6.7 u), plus 2 u ||X|| for the rounded window
+        # and product, and that bounds each bin's |X_k|. A band sums n_bins non-negative
+        # terms (n_bins u of the band) after a rounded square, sum and sqrt (3 u). Each of
+        # the two fp32 implementations has that error; ln adds u |ln| for each, and d ln =
+        # d mel / mel.
+        mel_fb = features.mel_filterbank(24000, n_fft, 64).astype(np.float64)
+        padded = np.pad(x.astype(np.float64), [(0, 0), (n_fft // 2, n_fft // 2)], mode="reflect")
+        idx = np.arange(ours.shape[1])[:, None] * hop + np.arange(n_fft)[None, :]
+        window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
+        spec = np.fft.rfft(padded[:, idx] * window, axis=-1)
+        mel64 = np.sqrt(np.abs(spec) ** 2 + features.MAGNITUDE_EPS) @ mel_fb
+        frame_norm = np.linalg.norm(spec, axis=-1, keepdims=True)
+        dmel = (7 * np.log2(n_fft) + 2) * u * frame_norm * mel_fb.sum(0) + (n_fft // 2 + 4) * u * mel64
+        bound = 2 * dmel / (mel64 - 2 * dmel + features.LOG_MEL_FLOOR) + 2 * u * np.abs(ours)
+        np.testing.assert_array_less(np.abs(ours.astype(np.float64) - theirs), bound)
+        np.testing.assert_allclose(ours, np.log(mel64 + features.LOG_MEL_FLOOR), atol=bound.max())

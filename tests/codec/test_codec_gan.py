@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mufm.layers.spectral import mel_filterbank, mel_spectrogram, stft
+from mufm.audio.features import mel_filterbank
+from mufm.layers.spectral import mel_spectrogram, stft
 from mufm.codec.losses import (CodecLossConfig, discriminator_loss, generator_loss,
                                       multiscale_mel_loss)
 from mufm.codec.discriminators import DiscriminatorConfig, build_discriminators
