@@ -1,7 +1,8 @@
 """Audio utilities: band-limited resampling, downmix, loudness, features."""
 import numpy as np
+import pytest
 
-from mufm.audio import features, loudness
+from mufm.audio import decode, features, loudness
 from mufm.audio.resample import downmix, resample
 
 
@@ -84,3 +85,25 @@ def test_log_mel_is_the_one_the_codec_loss_and_metric_compute_in_jax():
         bound = 2 * dmel / (mel64 - 2 * dmel + features.LOG_MEL_FLOOR) + 2 * u * np.abs(ours)
         np.testing.assert_array_less(np.abs(ours.astype(np.float64) - theirs), bound)
         np.testing.assert_allclose(ours, np.log(mel64 + features.LOG_MEL_FLOOR), atol=bound.max())
+
+
+@pytest.mark.parametrize("x,kw,reason,needle", [
+    (np.zeros((480,), np.float32), dict(sample_rate=44100), "wrong_sample_rate", "44100 Hz"),
+    (np.array(["a", "b"]), {}, "not_numeric", "numeric"),
+    (np.zeros((2, 3, 4), np.float32), {}, "wrong_shape", "[samples, channels]"),
+    (np.zeros((480,), np.float32), dict(batched=True), "wrong_shape", "[batch, samples]"),
+    (np.zeros((0, 2), np.float32), {}, "no_frames", "empty"),
+    (np.ones((480,), np.int16), {}, "integer_pcm", "int16"),
+    (np.array([0.1, np.nan, 0.2, np.inf], np.float32), {}, "nan_or_inf", "2 NaN/Inf samples (first at sample 1)"),
+    (np.full((480, 2), 1e-5, np.float32), dict(silence_peak=1e-4), "digital_silence", "1e-05"),
+])
+def test_waveform_problem_names_each_problem(x, kw, reason, needle):
+    problem = decode.waveform_problem(x, **kw)
+    assert problem.reason == reason and needle in problem.detail, problem
+
+
+def test_waveform_problem_passes_usable_audio_and_silence_unless_asked():
+    x = 0.1 * np.ones((480, 2), np.float32)
+    assert decode.waveform_problem(x, sample_rate=24000, silence_peak=1e-4) is None
+    assert decode.waveform_problem(np.zeros((2, 480), np.float64), batched=True) is None
+    assert decode.waveform_problem(np.zeros(480), silence_peak=1e-4).reason == "digital_silence"
