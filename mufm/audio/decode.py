@@ -13,10 +13,9 @@ import dataclasses
 
 import numpy as np
 
+from mufm.audio import SAMPLE_RATE
 from mufm.audio import io as audio_io
 from mufm.audio.resample import downmix, resample
-
-SAMPLE_RATE = 24000
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,7 +85,7 @@ def log_mel(x: np.ndarray, sample_rate: int = SAMPLE_RATE, n_fft: int = 1024,
     return np.log(mag @ mel_filterbank(sample_rate, n_fft, n_mels) + LOG_MEL_FLOOR).astype(np.float32)
 
 
-def chroma(x: np.ndarray, sample_rate: int = 24000, n_fft: int = 8192, hop: int = 2048,
+def chroma(x: np.ndarray, sample_rate: int = SAMPLE_RATE, n_fft: int = 8192, hop: int = 2048,
            fmin: float = 55.0, fmax: float = 2000.0) -> np.ndarray:
     """Length-12 pitch-class energy profile (C=0 .. B=11), summed over time, sums to 1.
 

@@ -40,14 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mufm.audio import SAMPLE_RATE
 from mufm.layers.seanet import elu
 from mufm.codec.model import CodecConfig, build_codec, split_codec
 from mufm.codec.losses import CodecLossConfig  # noqa: F401  (gin files bind it)
 from mufm.codec import tokenizer as codec_tokenizer
 from mufm.codec.tokenizer import block_frames_for
 from mufm.codec.discriminators import DiscriminatorConfig  # noqa: F401
-
-SAMPLE_RATE = 24_000
 
 
 def load_config(name: str) -> CodecConfig:

@@ -16,6 +16,8 @@ import os
 import tempfile
 import time
 
+from mufm.audio import SAMPLE_RATE
+
 
 def build_speed(jobs: int | None) -> dict:
   from mufm.data.corpus.build import build
@@ -35,7 +37,7 @@ def crops_per_second(corpus_dir: str, data_dir: str, batch: int, crop_s: float, 
                                     crop_seconds=crop_s)
   t0 = time.time()
   ds = task.get_dataset(split="train", shuffle=True, seed=0, num_epochs=None,
-                        sequence_length={"waveform": int(crop_s * tasks.SAMPLE_RATE)})
+                        sequence_length={"waveform": int(crop_s * SAMPLE_RATE)})
   it = ds.batch(batch, drop_remainder=True).as_numpy_iterator()
   for _ in range(warmup):
     b = next(it)
@@ -44,7 +46,7 @@ def crops_per_second(corpus_dir: str, data_dir: str, batch: int, crop_s: float, 
   for _ in range(batches):
     b = next(it)
   dt = time.time() - t1
-  assert b["waveform"].shape == (batch, int(crop_s * tasks.SAMPLE_RATE))
+  assert b["waveform"].shape == (batch, int(crop_s * SAMPLE_RATE))
   return {"setup_and_warmup_s": first, "timed_batches": batches, "timed_s": dt,
           "crops_per_s": batches * batch / dt}
 

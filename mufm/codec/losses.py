@@ -28,6 +28,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from mufm.audio import SAMPLE_RATE
 from mufm.audio.features import LOG_MEL_FLOOR
 from mufm.layers.spectral import mel_spectrogram, mel_windows
 
@@ -35,7 +36,7 @@ from mufm.layers.spectral import mel_spectrogram, mel_windows
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class CodecLossConfig:
-    sample_rate: int = 24_000
+    sample_rate: int = SAMPLE_RATE
     reconstruction_weight: float = 1.0
     adversarial_weight: float = 1.0
     feature_matching_weight: float = 100.0

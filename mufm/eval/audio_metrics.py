@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mufm.audio import SAMPLE_RATE
 from mufm.audio.features import LOG_MEL_FLOOR
 from mufm.layers.spectral import mel_spectrogram, mel_windows
 
@@ -47,7 +48,7 @@ def _log_mel_l1(ref, est, *, sample_rate, n_fft, n_mels):
 _log_mel_l1_jit = jax.jit(_log_mel_l1, static_argnames=("sample_rate", "n_fft", "n_mels"))
 
 
-def mel_distance(reference: np.ndarray, estimate: np.ndarray, *, sample_rate: int = 24_000,
+def mel_distance(reference: np.ndarray, estimate: np.ndarray, *, sample_rate: int = SAMPLE_RATE,
                  windows: Sequence[int] = mel_windows(6, 11), n_mels: int = 64) -> np.ndarray:
     """Multi-scale log-mel L1 distance over the last axis (see module docstring)."""
     ref = jnp.asarray(reference, jnp.float32)
