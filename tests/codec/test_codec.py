@@ -1,4 +1,6 @@
 """SoundStream codec: frame rate, causality, logical axes, pure forward, overfitting."""
+import dataclasses
+
 import gin
 import jax
 import jax.numpy as jnp
@@ -191,13 +193,36 @@ def test_model_gin_files_bind_the_configs(name, channels, compress, dtype):
     from mufm.codec.losses import CodecLossConfig
     from mufm.gin_flags import parse
     from mufm.codec.discriminators import DiscriminatorConfig
+    classes = (CodecConfig, CodecLossConfig, DiscriminatorConfig)
     try:
         parse([f"models/codec_{name}.gin"], [], finalize=False)
-        cfg = CodecConfig()
-        assert (cfg.channels, cfg.residual_compress, cfg.dtype) == (channels, compress, dtype)
-        assert (cfg.num_levels, cfg.codebook_size, cfg.frame_rate) == (12, 1024, 50.0)
-        assert cfg.bitrate() == 6000.0
-        assert CodecLossConfig().feature_matching_weight == 100.0
-        assert DiscriminatorConfig().stft_window == 1024
+        built = {cls: cls() for cls in classes}
+        # Every field the file (with its includes) binds, and the value it binds.
+        bound = {}
+        for cls in classes:
+            for f in dataclasses.fields(cls):
+                try:
+                    bound[cls, f.name] = gin.query_parameter(f"{cls.__name__}.{f.name}")
+                except ValueError:  # not bound: the dataclass default applies
+                    pass
     finally:
         gin.clear_config()
+    cfg = built[CodecConfig]
+    assert (cfg.channels, cfg.residual_compress, cfg.dtype) == (channels, compress, dtype)
+    assert (cfg.num_levels, cfg.codebook_size, cfg.frame_rate) == (12, 1024, 50.0)
+    assert cfg.bitrate() == 6000.0
+    assert built[CodecLossConfig].feature_matching_weight == 100.0
+    assert built[DiscriminatorConfig].stft_window == 1024
+    # The built configs carry what the file binds, not their dataclass defaults: the
+    # codec_tiny.gin base binds 11 CodecConfig, 4 DiscriminatorConfig and 8 CodecLossConfig
+    # fields, every one of them explicitly.
+    per_class = {cls: sum(c is cls for c, _ in bound) for cls in classes}
+    assert per_class == {CodecConfig: 11, CodecLossConfig: 8, DiscriminatorConfig: 4}, per_class
+    for (cls, field), value in bound.items():
+        got = getattr(built[cls], field)
+        assert got == (tuple(value) if isinstance(value, list) else value), (cls.__name__, field)
+    assert bound[CodecConfig, "channels"] == channels and bound[CodecConfig, "dtype"] == dtype
+    # Not vacuous: each file moves fields of the codec and of the discriminators away from
+    # their dataclass defaults, so configs built without the file fail the loop above.
+    changed = {(cls, field) for (cls, field), value in bound.items() if value != getattr(cls(), field)}
+    assert {cls for cls, _ in changed} >= {CodecConfig, DiscriminatorConfig}, changed
