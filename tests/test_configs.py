@@ -121,7 +121,82 @@ def test_codec_experiment_builds_every_config(path):
         assert max(cfgs["gan"].eval_levels) <= cfgs["codec"].num_levels
     finally:
         gin.clear_config()
-    assert len(CODEC_EXPERIMENTS) >= 3
+
+
+def test_codec_experiments_are_found():
+    # Outside the parametrized test: with no codec experiment found it would be skipped,
+    # not failed.
+    assert len(CODEC_EXPERIMENTS) >= 3, CODEC_EXPERIMENTS
+
+
+EXPERIMENTS = [p for p in GIN_FILES if p.startswith("experiments/")]
+
+
+def test_experiments_are_found():
+    assert len(EXPERIMENTS) >= 5 and "experiments/synthetic_tiny.gin" in EXPERIMENTS, EXPERIMENTS
+
+
+def _batch_parallelism(mesh_cfg):
+    """(devices a global batch is split over, whether that is exact): the product over the
+    mesh axes the `batch` rule names of ici x dcn sizes, from the MeshConfig alone. An axis
+    sized -1 takes the devices left over, so only its fixed part is known without devices."""
+    from mufm.parallel.mesh import MESH_AXES
+
+    rules = dict(mesh_cfg.rules)
+    axes = rules["batch"]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    size, exact = 1, True
+    for axis in axes:
+        i = MESH_AXES.index(axis)
+        for part in (mesh_cfg.ici_parallelism[i], mesh_cfg.dcn_parallelism[i]):
+            if part == -1:
+                exact = False
+            else:
+                size *= int(part)
+    return size, exact
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS)
+def test_experiment_builds_the_trainers_configs(path):
+    """What `mufm.train` would build from each experiment, built without devices or data
+    (a corpus task may be registered; nothing is read): train's task, mesh, run and
+    checkpoint, and the invariants a run needs before it can start."""
+    import gin
+
+    from mufm.data.pipeline import DataConfig
+    from mufm.parallel.mesh import MESH_AXES, MeshConfig
+    from mufm.train.checkpoint import CheckpointConfig
+    from mufm.train.loop import RunConfig
+    from mufm.train.task import Task
+
+    gin_flags.parse([path], ['MODEL_DIR="/tmp/x"'])
+    try:
+        built = {name: gin.query_parameter(f"train.{name}").scoped_configurable_fn()
+                 for name in ("task", "mesh", "run", "checkpoint")}
+        task, mesh, run, ckpt = (built[k] for k in ("task", "mesh", "run", "checkpoint"))
+        assert isinstance(task, Task), type(task)
+        assert isinstance(mesh, MeshConfig) and isinstance(run, RunConfig)
+        assert isinstance(ckpt, CheckpointConfig)
+        task.validate(run)  # what train() checks before any compute
+        batch_spec = task.batch_spec()
+        optimizers = task.make_optimizer(run.train_steps)
+    finally:
+        gin.clear_config()
+    assert run.model_dir == "/tmp/x" and run.train_steps >= 1 and run.log_every >= 1
+    assert run.eval_every >= 0 and run.eval_batches >= 1
+    assert ckpt.save_every >= 1 and ckpt.keep >= 1
+    data = task.data
+    assert isinstance(data, DataConfig) and data.batch_size >= 1 and data.sequence_length >= 1
+    # The global batch is split over the batch rule's mesh axes: it must divide evenly.
+    rule_axes = {a for _, axes in mesh.rules if axes is not None
+                 for a in ((axes,) if isinstance(axes, str) else axes)}
+    assert rule_axes <= set(MESH_AXES), rule_axes
+    dp, exact = _batch_parallelism(mesh)
+    assert data.batch_size % dp == 0, (data.batch_size, dp, exact)
+    assert batch_spec and all(s.shape[0] == data.batch_size for s in batch_spec.values()), batch_spec
+    # Every player's learning rate is positive once warm-up is over.
+    assert optimizers.schedules and all(float(sched(run.train_steps // 2)) > 0
+                                        for sched in optimizers.schedules.values())
 
 
 def test_codec_crop_that_is_not_whole_frames_is_named(tmp_path, capsys):

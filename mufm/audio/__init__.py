@@ -3,4 +3,4 @@
 Import the submodules: `mufm.audio.io`, `decode`, `resample`, `loudness`, `features`.
 None of them imports TensorFlow or JAX.
 """
-SAMPLE_RATE = 24000
+SAMPLE_RATE = 24000  # Hz: every waveform of the project (data, codec, metrics); defined only here

@@ -4,13 +4,14 @@
 For each model config (configs/models/codec_<name>.gin) it prints the encode and decode
 real-time factors (seconds of audio per second of compute; higher is faster) on `seconds`
 of audio at each batch size, and the achieved FLOP/s of encode+decode divided by the FLOP/s
-of a 2048^3 fp32 jitted matmul measured in the same process. Encode and decode run as the
-tokenizer runs them (`mufm.codec.tokenizer`, block_frames="auto": on CPU, blocks of
-25-50 frames in a scan, exact); for the paper config the same is also
-timed in one pass over the whole 30 s (block_frames=None), which is what blocking saves.
-Then, for the paper config, where the time goes (each encoder/decoder stage and the
-quantizer, jitted and timed alone, on one block and on 10 s in one pass). With
---block_sweep it also times other block sizes (the choice behind "auto").
+of a 2048^3 fp32 jitted matmul measured in the same process (`mufm.bench.matmul_peak`, the
+yardstick of every benchmark). Encode and decode run as the tokenizer runs them
+(`mufm.codec.tokenizer`, block_frames="auto": on CPU, blocks of 25-50 frames in a scan,
+exact); for the paper config the same is also timed in one pass over the whole 30 s
+(block_frames=None), which is what blocking saves. Then, for the paper config, where the
+time goes (each encoder/decoder stage and the quantizer, jitted and timed alone, on one
+block and on 10 s in one pass). With --block_sweep it also times other block sizes (the
+choice behind "auto").
 The last line is `paper_rtf=<float> ratio_to_matmul_peak=<float>` (batch = the largest,
 tokenizer default).
 
@@ -40,14 +41,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mufm.audio import SAMPLE_RATE
+from mufm.bench.matmul_peak import matmul_flops_per_s
 from mufm.layers.seanet import elu
 from mufm.codec.model import CodecConfig, build_codec, split_codec
 from mufm.codec.losses import CodecLossConfig  # noqa: F401  (gin files bind it)
 from mufm.codec import tokenizer as codec_tokenizer
 from mufm.codec.tokenizer import block_frames_for
 from mufm.codec.discriminators import DiscriminatorConfig  # noqa: F401
-
-SAMPLE_RATE = 24_000
 
 
 def load_config(name: str) -> CodecConfig:
@@ -90,13 +91,6 @@ def timed(compiled, *args, repeats: int = 1) -> float:
         jax.block_until_ready(compiled(*args))
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    mm = jax.jit(jnp.matmul).lower(a, b).compile()
-    return 2.0 * n ** 3 / timed(mm, a, b, repeats=repeats)
 
 
 def time_codec(graphdef, params, state, wave, block, repeats: int):
@@ -231,7 +225,7 @@ def main(argv=None):
     batches = [int(b) for b in args.batches.split(",")]
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} cpus, "
           f"load average {os.getloadavg()[0]:.1f})", flush=True)
-    matmul = matmul_flops_per_second()
+    matmul = matmul_flops_per_s()
     print(f"2048^3 fp32 jitted matmul: {matmul / 1e9:.1f} GFLOP/s", flush=True)
     last = None
     for name in args.configs.split(","):

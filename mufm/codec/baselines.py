@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mufm.audio import SAMPLE_RATE
 from mufm.eval.audio_metrics import fit_length, score
 
 
@@ -108,7 +109,7 @@ def code_baselines(references: Sequence[np.ndarray], kbps: Sequence[float], *, s
 # -- tables ----------------------------------------------------------------------------------
 def comparison_rows(references: Sequence[np.ndarray],
                     codec_reconstructions: Mapping[float, Sequence[np.ndarray]], *,
-                    sample_rate: int = 24_000,
+                    sample_rate: int = SAMPLE_RATE,
                     baselines: Mapping[str, Mapping[float, Coded]] | None = None,
                     codec_name: str = "codec") -> list[dict]:
     """Scores the codec's reconstructions per nominal kbit/s (e.g. {1.5: [...], 3: [...],

@@ -28,13 +28,15 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from mufm.audio import SAMPLE_RATE
+from mufm.audio.features import LOG_MEL_FLOOR
 from mufm.layers.spectral import mel_spectrogram, mel_windows
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class CodecLossConfig:
-    sample_rate: int = 24_000
+    sample_rate: int = SAMPLE_RATE
     reconstruction_weight: float = 1.0
     adversarial_weight: float = 1.0
     feature_matching_weight: float = 100.0
@@ -56,7 +58,7 @@ def multiscale_mel_loss(real: jax.Array, fake: jax.Array, cfg: CodecLossConfig) 
         mx = mel_spectrogram(real.astype(jnp.float32), **kw)
         my = mel_spectrogram(fake.astype(jnp.float32), **kw)
         l1 = jnp.mean(jnp.abs(mx - my))
-        dlog = jnp.log(mx + 1e-5) - jnp.log(my + 1e-5)
+        dlog = jnp.log(mx + LOG_MEL_FLOOR) - jnp.log(my + LOG_MEL_FLOOR)  # of the one log-mel
         sq = jnp.sum(dlog ** 2, -1)
         # A safe norm: exactly 0 for identical frames, and no NaN gradient there.
         l2log = jnp.mean(jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0))

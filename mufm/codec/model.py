@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mufm.audio import SAMPLE_RATE
 from mufm.layers.dtypes import DTYPES
 from mufm.layers.seanet import CausalConv1d, Chain, DecoderBlock, EncoderBlock
 from mufm.layers.rvq import CodebookState, ResidualVectorQuantizer
@@ -27,7 +28,7 @@ from mufm.layers.rvq import CodebookState, ResidualVectorQuantizer
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class CodecConfig:
-    sample_rate: int = 24_000
+    sample_rate: int = SAMPLE_RATE
     channels: int = 32  # C: encoder blocks widen C -> 2C -> ... -> 2^len(strides) C
     strides: tuple[int, ...] = (3, 4, 5, 8)
     embedding_dim: int = 128  # D: encoder output / codebook vector size

@@ -35,6 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mufm.audio import SAMPLE_RATE
+from mufm.audio.decode import waveform_problem
+
 # On CPU, "auto" runs blocks of CPU_BLOCK_BUDGET // batch frames (a block's activations
 # grow with both), but no fewer than CPU_MIN_BLOCK (shorter blocks leave the deep layers
 # too few rows per matmul). Measured by `python -m mufm.bench.codec --block_sweep=...`:
@@ -91,27 +94,16 @@ class BadAudioError(ValueError):
     """A waveform or code array the codec cannot take, with the reason."""
 
 
-def check_waveform(waveform, *, sample_rate: int | None = None, expected_rate: int = 24000) -> np.ndarray:
+def check_waveform(waveform, *, sample_rate: int | None = None,
+                   expected_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Host-side validation before encoding: float [batch, samples], finite, non-empty, at
-    the codec's rate. The jitted `encode` cannot look at values, so entry points call this."""
-    if sample_rate is not None and int(sample_rate) != expected_rate:
-        raise BadAudioError(f"audio is at {sample_rate} Hz but the codec takes {expected_rate} Hz: "
-                            f"resample first (mufm.audio.resample)")
-    arr = np.asarray(waveform)
-    if arr.dtype.kind not in "fiu":
-        raise BadAudioError(f"waveform must be numeric, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise BadAudioError(f"waveform must be [batch, samples] (mono; downmix first), got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise BadAudioError(f"waveform is empty: shape {arr.shape}")
-    if arr.dtype.kind in "iu":
-        raise BadAudioError(f"waveform must be float in [-1, 1], got integer dtype {arr.dtype} "
-                            f"(divide int16 PCM by 32768)")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        rows = sorted(set(np.nonzero(bad)[0].tolist()))[:5]
-        raise BadAudioError(f"waveform holds {int(bad.sum())} NaN/Inf samples (batch rows {rows})")
-    return arr.astype(np.float32, copy=False)
+    the codec's rate (`mufm.audio.decode.waveform_problem`; silence is fine), as float32.
+    The jitted `encode` cannot look at values, so entry points call this."""
+    problem = waveform_problem(waveform, sample_rate=sample_rate, expected_rate=expected_rate,
+                               batched=True)
+    if problem:
+        raise BadAudioError(str(problem))
+    return np.asarray(waveform).astype(np.float32, copy=False)
 
 
 def check_codes(codes, *, num_levels: int, codebook_size: int) -> np.ndarray:

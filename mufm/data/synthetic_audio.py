@@ -14,10 +14,10 @@ import math
 import seqio
 import tensorflow as tf
 
+from mufm.audio import SAMPLE_RATE
 from mufm.data import tasks
 
 TASK_NAME = "mufm_synthetic_audio"
-SAMPLE_RATE = tasks.SAMPLE_RATE
 CLIP_SECONDS = 2.0
 NOTES = 4
 HARMONICS = 4

@@ -26,10 +26,10 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mufm.audio import SAMPLE_RATE
 from mufm.data import tfds_builders  # noqa: F401  (registers the TFDS builders)
 from mufm.data.tfds_builders import features as F
 
-SAMPLE_RATE = F.SAMPLE_RATE
 CORPUS_TASK = "mufm_corpus_audio"
 _SPLIT_KEY = "_mufm_split"
 _TEXT = ("caption", "clip_id", "key", "mode", "time_signature", "instruments", "composer",

@@ -5,7 +5,8 @@ All functions take host waveforms (numpy, float, [-1, 1], mono) at one sample ra
 - SI-SNR (dB): both signals made zero-mean; target = <est, ref> ref / ||ref||^2;
   10 log10(||target||^2 / ||est - target||^2). Higher is better; blind to gain.
 - multi-scale mel distance: mean over windows 2^6 .. 2^11 (hop = window / 4, 64 HTK mel
-  bands, magnitude) of mean |ln(mel_ref + 1e-5) - ln(mel_est + 1e-5)|. Lower is better;
+  bands, magnitude) of mean |ln(mel_ref + 1e-5) - ln(mel_est + 1e-5)|, i.e. of the
+  difference of `mufm.audio.features.log_mel`s. Lower is better;
   a gain error g adds about |ln g| (the codec's reconstruction loss uses the same bands).
   Its log floor rewards filling empty bands with noise: never quote it alone.
 """
@@ -17,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mufm.audio import SAMPLE_RATE
+from mufm.audio.features import LOG_MEL_FLOOR
 from mufm.layers.spectral import mel_spectrogram, mel_windows
 
 
@@ -35,16 +38,17 @@ def si_snr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> n
 
 
 def _log_mel_l1(ref, est, *, sample_rate, n_fft, n_mels):
+    # mufm.audio.features.log_mel (the one log-mel), in JAX so that it runs jitted.
     kw = dict(sample_rate=sample_rate, n_fft=n_fft, hop=n_fft // 4, n_mels=n_mels)
-    a = jnp.log(mel_spectrogram(ref, **kw) + 1e-5)
-    b = jnp.log(mel_spectrogram(est, **kw) + 1e-5)
+    a = jnp.log(mel_spectrogram(ref, **kw) + LOG_MEL_FLOOR)
+    b = jnp.log(mel_spectrogram(est, **kw) + LOG_MEL_FLOOR)
     return jnp.mean(jnp.abs(a - b), axis=(-1, -2))
 
 
 _log_mel_l1_jit = jax.jit(_log_mel_l1, static_argnames=("sample_rate", "n_fft", "n_mels"))
 
 
-def mel_distance(reference: np.ndarray, estimate: np.ndarray, *, sample_rate: int = 24_000,
+def mel_distance(reference: np.ndarray, estimate: np.ndarray, *, sample_rate: int = SAMPLE_RATE,
                  windows: Sequence[int] = mel_windows(6, 11), n_mels: int = 64) -> np.ndarray:
     """Multi-scale log-mel L1 distance over the last axis (see module docstring)."""
     ref = jnp.asarray(reference, jnp.float32)

@@ -140,10 +140,6 @@ def sharding_context(mesh: Mesh, rules: Rules) -> Iterator[ShardingContext]:
         _CONTEXT.reset(token)
 
 
-def current_context() -> ShardingContext | None:
-    return _CONTEXT.get()
-
-
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """Sharding constraint by logical names; a no-op outside a sharding context."""
     ctx = _CONTEXT.get()

@@ -38,9 +38,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self._mngr.all_steps())
-
     def save(self, step: int, state: Any, data: dict, *, force: bool = False) -> bool:
         return self._mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)), force=force)
@@ -50,9 +47,6 @@ class Checkpointer:
         out = self._mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return out["state"], dict(out["data"])
-
-    def wait(self) -> None:
-        self._mngr.wait_until_finished()
 
     def close(self) -> None:
         self._mngr.wait_until_finished()

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import optax
 
+from mufm.audio import SAMPLE_RATE
 from mufm.data.pipeline import DataConfig
 
 if TYPE_CHECKING:  # the loop imports this module; only annotations go the other way
@@ -67,7 +68,7 @@ class Evaluation:
     ({tag: [clips, samples]} at `sample_rate`)."""
     scalars: Mapping[str, float]
     audios: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    sample_rate: int = 24_000
+    sample_rate: int = SAMPLE_RATE
 
 
 class Task(abc.ABC):

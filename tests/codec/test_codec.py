@@ -1,4 +1,6 @@
 """SoundStream codec: frame rate, causality, logical axes, pure forward, overfitting."""
+import dataclasses
+
 import gin
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,28 @@ from mufm.codec.losses import CodecLossConfig, multiscale_mel_loss
 from mufm.parallel.mesh import DEFAULT_RULES
 
 TINY = CodecConfig(channels=4, embedding_dim=16, num_levels=4, codebook_size=32)  # = conftest
+U = 2.0 ** -24  # fp32 unit roundoff
+
+
+def conv_rounding_bound(layer, x) -> np.ndarray:
+    """How far apart two fp32 evaluations of `layer(x)` can be that add each output's terms
+    in different orders (chunked vs whole, one conv algorithm vs another): an output is a
+    sum of at most n = K * c_in products plus the bias, any order lands within gamma_n =
+    n u / (1 - n u) times the sum of the terms' magnitudes of the exact value (Higham,
+    Accuracy and Stability, 3.1), so two orders within twice that; the magnitudes' sum is
+    the layer with |weights| applied to |x|."""
+    absolute = nnx.clone(layer)
+    absolute.kernel[...] = jnp.abs(layer.kernel[...])
+    absolute.bias[...] = jnp.abs(layer.bias[...])
+    k, c_in, _ = layer.shape
+    n = k * c_in + 1
+    return 2 * n * U / (1 - n * U) * np.asarray(absolute(jnp.abs(jnp.asarray(x))))
+
+
+def assert_within(got, want, bound):
+    err = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert np.all(err <= bound), f"error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
 
 
 @pytest.fixture
@@ -65,7 +89,9 @@ def test_seanet_layers_stream_exactly(layer, chunks):
         y, state = layer.stream(x[:, at:at + c], state)
         outs.append(y)
         at += c
-    np.testing.assert_allclose(np.concatenate(outs, 1), np.asarray(layer(x)), atol=1e-5)
+    # The carried state makes the chunks sum the very terms the whole conv sums.
+    got, want = np.concatenate(outs, 1), np.asarray(layer(x))
+    assert_within(got, want, conv_rounding_bound(layer, x))
 
 
 @pytest.mark.parametrize("c_in, c_out, dilation", [(1, 6, 1), (1, 6, 3), (6, 1, 1), (6, 1, 9)])
@@ -75,8 +101,8 @@ def test_single_channel_convs_match_the_lax_conv(c_in, c_out, dilation):
     x = jax.random.normal(jax.random.key(4), (2, 100, c_in))
     ref = jax.lax.conv_general_dilated(x, layer.kernel[...], (1,), ((6 * dilation, 0),),
                                        rhs_dilation=(dilation,), dimension_numbers=("NWC", "WIO", "NWC"))
-    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(ref + layer.bias[...]),
-                               rtol=1e-5, atol=1e-5)
+    got, want = np.asarray(layer(x)), np.asarray(ref + layer.bias[...])
+    assert_within(got, want, conv_rounding_bound(layer, x))
 
 
 @pytest.mark.parametrize("kernel, stride", [(6, 3), (7, 3), (16, 8), (4, 4)])
@@ -87,8 +113,8 @@ def test_transposed_conv_is_the_causal_part_of_a_direct_transposed_conv(kernel, 
     full = np.zeros((1, 9 * stride + kernel, 2), np.float32)
     for f in range(9):  # every input frame scatters its K taps from f * stride on
         full[:, f * stride:f * stride + kernel] += np.einsum("bc,kcd->bkd", x[:, f], w)
-    np.testing.assert_allclose(np.asarray(layer(jnp.asarray(x))), full[:, :9 * stride],
-                               rtol=1e-5, atol=1e-5)
+    got = np.asarray(layer(jnp.asarray(x)))
+    assert_within(got, full[:, :9 * stride], conv_rounding_bound(layer, x))
 
 
 def test_every_parameter_has_known_logical_axes(model):
@@ -191,13 +217,36 @@ def test_model_gin_files_bind_the_configs(name, channels, compress, dtype):
     from mufm.codec.losses import CodecLossConfig
     from mufm.gin_flags import parse
     from mufm.codec.discriminators import DiscriminatorConfig
+    classes = (CodecConfig, CodecLossConfig, DiscriminatorConfig)
     try:
         parse([f"models/codec_{name}.gin"], [], finalize=False)
-        cfg = CodecConfig()
-        assert (cfg.channels, cfg.residual_compress, cfg.dtype) == (channels, compress, dtype)
-        assert (cfg.num_levels, cfg.codebook_size, cfg.frame_rate) == (12, 1024, 50.0)
-        assert cfg.bitrate() == 6000.0
-        assert CodecLossConfig().feature_matching_weight == 100.0
-        assert DiscriminatorConfig().stft_window == 1024
+        built = {cls: cls() for cls in classes}
+        # Every field the file (with its includes) binds, and the value it binds.
+        bound = {}
+        for cls in classes:
+            for f in dataclasses.fields(cls):
+                try:
+                    bound[cls, f.name] = gin.query_parameter(f"{cls.__name__}.{f.name}")
+                except ValueError:  # not bound: the dataclass default applies
+                    pass
     finally:
         gin.clear_config()
+    cfg = built[CodecConfig]
+    assert (cfg.channels, cfg.residual_compress, cfg.dtype) == (channels, compress, dtype)
+    assert (cfg.num_levels, cfg.codebook_size, cfg.frame_rate) == (12, 1024, 50.0)
+    assert cfg.bitrate() == 6000.0
+    assert built[CodecLossConfig].feature_matching_weight == 100.0
+    assert built[DiscriminatorConfig].stft_window == 1024
+    # The built configs carry what the file binds, not their dataclass defaults: the
+    # codec_tiny.gin base binds 11 CodecConfig, 4 DiscriminatorConfig and 8 CodecLossConfig
+    # fields, every one of them explicitly.
+    per_class = {cls: sum(c is cls for c, _ in bound) for cls in classes}
+    assert per_class == {CodecConfig: 11, CodecLossConfig: 8, DiscriminatorConfig: 4}, per_class
+    for (cls, field), value in bound.items():
+        got = getattr(built[cls], field)
+        assert got == (tuple(value) if isinstance(value, list) else value), (cls.__name__, field)
+    assert bound[CodecConfig, "channels"] == channels and bound[CodecConfig, "dtype"] == dtype
+    # Not vacuous: each file moves fields of the codec and of the discriminators away from
+    # their dataclass defaults, so configs built without the file fail the loop above.
+    changed = {(cls, field) for (cls, field), value in bound.items() if value != getattr(cls(), field)}
+    assert {cls for cls, _ in changed} >= {CodecConfig, DiscriminatorConfig}, changed

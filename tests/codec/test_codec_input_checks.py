@@ -44,3 +44,16 @@ def test_bad_codes_are_named(codes, needle):
         check_codes(codes, num_levels=12, codebook_size=1024)
     assert needle in str(e.value)
     assert check_codes(np.ones((1, 5, 12), np.int64), num_levels=12, codebook_size=1024).dtype == np.int32
+
+
+def test_waveform_errors_come_from_the_one_waveform_check():
+    # The tokenizer raises what mufm.audio.decode.waveform_problem (the data builders'
+    # check too) finds, so the two cannot drift apart; only silence is left to encode.
+    from mufm.audio.decode import waveform_problem
+
+    wave = np.zeros((1, 480), np.int16)
+    with pytest.raises(BadAudioError) as e:
+        check_waveform(wave)
+    assert str(e.value) == str(waveform_problem(wave, batched=True))
+    assert str(e.value).startswith("integer_pcm: ")
+    assert check_waveform(np.zeros((1, 480), np.float32)).shape == (1, 480)

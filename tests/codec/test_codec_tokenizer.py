@@ -4,9 +4,26 @@ import numpy as np
 import jax.numpy as jnp
 
 import pytest
+from flax import nnx
 
 from mufm.codec.tokenizer import (CPU_BLOCK_BUDGET, CPU_MIN_BLOCK, block_frames_for, decode,
                                          decode_chunked, encode, encode_chunked)
+from mufm.layers.seanet import CausalConv1d, CausalConvTranspose1d
+
+
+def decoder_rounding_tolerance(parts) -> float:
+    """How far (relative to the waveform's scale) two decodes of the same codes can lie
+    apart when they run the same convs on other lengths, so XLA may add each output's
+    terms in another order: codes, the RVQ sum, ELUs and residual adds are the same ops
+    on the same values; each conv output sums n = K * c_in terms, two orders within 2 n u
+    of each other relative to the activations (gamma_n, Higham 3.1; at this fan-in
+    initialisation the layers neither grow nor shrink activations much), and the
+    decoder's convs' errors add up: 2 u sum_l n_l (3.7e-4 for the tiny codec). A border
+    bug (a chunk without its carried state) is off by ~0.7 of the scale."""
+    decoder = nnx.merge(*parts).decoder
+    terms = sum(m.shape[0] * m.shape[1] for _, m in nnx.iter_modules(decoder)
+                if isinstance(m, (CausalConv1d, CausalConvTranspose1d)))
+    return 2 * terms * 2.0 ** -24
 
 
 def _signal(seconds=4.0, seed=0):
@@ -44,7 +61,8 @@ def test_chunked_matches_unchunked_at_chunk_borders(tiny_codec_parts):
     assert chunked_wave.shape == full_wave.shape
     assert seen == [(40, 215), (80, 215), (120, 215), (160, 215), (200, 215), (215, 215)]
     scale = np.abs(full_wave).max()
-    np.testing.assert_allclose(chunked_wave, full_wave, atol=1e-5 * scale)
+    tol = decoder_rounding_tolerance((g, p, s))
+    np.testing.assert_allclose(chunked_wave, full_wave, rtol=0, atol=tol * scale)
     # The samples right after each border are the ones a chunk without its carried state
     # gets wrong: the carried state is what makes the borders exact.
     restarted = np.concatenate([np.asarray(decode(g, p, s, jnp.asarray(full_codes[:, i:i + 40]),
@@ -52,7 +70,7 @@ def test_chunked_matches_unchunked_at_chunk_borders(tiny_codec_parts):
                                 for i in range(0, 215, 40)], axis=1)
     border = slice(40 * 480, 41 * 480)
     assert np.abs(restarted[:, border] - full_wave[:, border]).max() > 1e-3 * scale
-    np.testing.assert_allclose(chunked_wave[:, border], full_wave[:, border], atol=1e-5 * scale)
+    np.testing.assert_allclose(chunked_wave[:, border], full_wave[:, border], rtol=0, atol=tol * scale)
 
 
 @pytest.mark.parametrize("block", [1, 6, 50])
@@ -64,7 +82,8 @@ def test_blocked_encode_decode_match_one_pass(tiny_codec_parts, block):
                                   np.asarray(codes))
     ref = np.asarray(decode(g, p, s, codes, block_frames=None))
     out = np.asarray(decode(g, p, s, codes, block_frames=block))
-    np.testing.assert_allclose(out, ref, atol=1e-5 * np.abs(ref).max())
+    tol = decoder_rounding_tolerance((g, p, s))  # blocks are other lengths, like chunks
+    np.testing.assert_allclose(out, ref, rtol=0, atol=tol * np.abs(ref).max())
 
 
 def test_block_frames_values():

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from mufm.audio import SAMPLE_RATE
+
 
 DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"  # Debian fluid-soundfont-gm
 SOUNDFONT_ENV = "MUFM_SOUNDFONT"
@@ -28,7 +30,7 @@ class CorpusConfig:
     tempo_scale: tuple[float, float] = (0.8, 1.25)   # per-variant tempo factor range
     bpm_bounds: tuple[int, int] = (40, 200)          # musical bounds after scaling
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test, by work
-    sample_rate: int = 24000
+    sample_rate: int = SAMPLE_RATE
     target_lufs: float = -20.0
     parse_timeout_s: float = 60.0     # hard limit per parse attempt (worker is killed)
     render_timeout_s: float = 300.0   # hard limit per fluidsynth run

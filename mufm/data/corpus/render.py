@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from mufm.audio import loudness
-from mufm.audio.decode import check_waveform
+from mufm.audio.decode import DecodePolicy, waveform_problem
 from mufm.audio.resample import downmix
 
 WAV_HEADER_SLACK = 4096
@@ -77,9 +77,9 @@ def master(wav_path: str, sample_rate: int, target_lufs: float, expected_s: floa
     if sr != sample_rate:
         raise RenderError("render_failed", f"fluidsynth wrote {sr} Hz")
     y = downmix(x)
-    reason = check_waveform(y)
-    if reason:
-        raise RenderError("rendered_" + reason)
+    problem = waveform_problem(y, silence_peak=DecodePolicy().silence_peak)
+    if problem:
+        raise RenderError("rendered_" + problem.reason, problem.detail)
     loud = np.flatnonzero(np.abs(y) > 1e-3 * float(np.max(np.abs(y))))
     end = min(len(y), int(loud[-1]) + sample_rate) if loud.size else len(y)
     end = max(end, min(len(y), int(expected_s * sample_rate)))

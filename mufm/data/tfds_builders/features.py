@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-SAMPLE_RATE = 24000
+from mufm.audio import SAMPLE_RATE
 
 # The corpus attribute fields a generated example can be checked against (README: "caption fields").
 CORPUS_TEXT_ATTRIBUTES = ("key", "key_tonic", "mode", "tempo_word", "time_signature", "instruments",
