@@ -87,6 +87,34 @@ def test_beats_and_downbeats_follow_the_bars_and_the_pickup(known):
     assert len(y) / SR > 12.5
 
 
+def test_a_unison_on_one_channel_ends_at_the_first_note_off(tmp_path, cli):
+    """fluidsynth sounds a pitch once per channel, and music21 puts parts that share an
+    instrument on one channel: a unison of a half note (part 0) and a whole note (part
+    1) is silent after the half note, and so are the labels."""
+    cli.needs_fluidsynth()
+    from music21 import instrument, note, stream, tempo
+    from mufm.data.corpus import render, score
+    s = stream.Score()
+    for lengths in ([2.0, -2.0], [4.0]):
+        part = stream.Part()
+        organ = instrument.Instrument()
+        organ.midiProgram = 19  # sustains while held: silence means released
+        part.insert(0, organ)
+        for q in lengths:
+            part.append(note.Rest(quarterLength=-q) if q < 0 else note.Note("C4", quarterLength=q))
+        s.insert(0, part)
+    s.parts[0].insert(0, tempo.MetronomeMark(number=60))
+    mid, wav = str(tmp_path / "u.mid"), str(tmp_path / "u.wav")
+    score.write_midi(score.to_midi(s), mid)
+    midi = labels.read_midi(mid)
+    lab = labels.clip_labels(midi, [], [], midi.length_s)
+    np.testing.assert_allclose(lab["notes"][:, :3], [[0.0, 2.0, 60]], atol=1e-4)
+    render.render_midi(mid, wav, get_config("quick").soundfont, SR, midi.length_s, 60, 2.0)
+    y = sf.read(wav)[0].mean(axis=1)
+    rms_db = lambda a, b: 10 * np.log10(np.mean(y[int(a * SR):int(b * SR)] ** 2) + 1e-12)
+    assert rms_db(0.5, 1.5) > rms_db(2.5, 3.5) + 25
+
+
 def test_labels_are_cut_at_the_clip_and_windowed(known, tmp_path):
     lab, _ = known
     path = str(tmp_path / "audio" / "w" / ("v" + labels.SUFFIX))
@@ -120,14 +148,34 @@ def test_corpus_clips_have_labels_matching_their_midi_and_record(tiny_corpus):
         assert set(notes[:, 4].astype(int)) <= set(range(len(programs)))
         for part, prog in zip(notes[:, 4].astype(int), notes[:, 3].astype(int)):
             assert prog == programs[part], r["clip_id"]
-        # the reader agrees with music21's own reading of the file: one note per note-on
+        # the reader agrees with music21's own reading of the file: a note per note-on,
+        # except a note-on that a later event of its pitch on its channel at the same tick
+        # silences (parts music21 put on one channel: the second of a unison, or a note
+        # starting as another part's same pitch ends), as fluidsynth plays them
         mf = m21midi.MidiFile()
         mf.open(os.path.join(tiny_corpus, r["midi"]))
         mf.read()
         mf.close()
-        note_ons = sorted(e.pitch for t in mf.tracks for e in t.events
-                          if e.type == m21midi.ChannelVoiceMessages.NOTE_ON and e.velocity > 0)
-        assert sorted(notes[:, 2].astype(int).tolist()) == note_ons
+        events = []  # (tick, track, seq, is_note_on, channel, pitch): fluidsynth's order
+        for k, track in enumerate(mf.tracks):
+            tick = 0
+            for e in track.events:
+                if isinstance(e, m21midi.DeltaTime):
+                    tick += e.time
+                elif e.type in (m21midi.ChannelVoiceMessages.NOTE_ON,
+                                m21midi.ChannelVoiceMessages.NOTE_OFF):
+                    on = e.type == m21midi.ChannelVoiceMessages.NOTE_ON and e.velocity > 0
+                    events.append((tick, k, len(events), on, e.channel, e.pitch))
+        events.sort()
+        n_silenced = 0
+        for i, (tick, _k, _seq, on, ch, pitch) in enumerate(events):
+            j = i + 1
+            while on and j < len(events) and events[j][0] == tick:
+                if events[j][4:] == (ch, pitch):
+                    n_silenced += 1
+                    break
+                j += 1
+        assert len(notes) == sum(e[3] for e in events) - n_silenced, r["clip_id"]
         # beats at the captioned tempo (chorales are in 4/4 with a fixed tempo)
         if r["work_id"].startswith("bach_"):
             np.testing.assert_allclose(np.diff(beats), 60.0 / r["attributes"]["bpm"], atol=2e-3)

@@ -75,10 +75,15 @@ def _varlen(data: bytes, i: int) -> tuple[int, int]:
 def read_midi(path: str) -> MidiNotes:
     """A small standard-MIDI-file reader (formats 0 and 1, ticks-per-quarter division).
 
-    Part index = track index, less one when the first track holds no notes (music21
-    writes a conductor track, then one track per part, top part first). A note-off (or note-on with velocity
-    0) ends the earliest sounding note of that pitch on that track and channel; notes still
-    sounding at the end of their track end there.
+    Notes are paired the way fluidsynth plays them, not per track: events of all tracks
+    are taken in playing order (tick, then track, then file order), programs belong to
+    channels, and a (channel, pitch) sounds at most once: a note-on ends the same pitch
+    already sounding on its channel (fluidsynth releases it), a note-off (or note-on with
+    velocity 0) ends the one sounding. That matters because music21 gives parts with the
+    same instrument one channel (two violins), so a unison's first note-off silences
+    both. A note belongs to the part whose track started it: track index, less one when
+    the first track holds no notes (music21's conductor track; then one track per part,
+    top part first). Notes still sounding at the end end with the file.
     """
     with open(path, "rb") as f:
         data = f.read()
@@ -91,16 +96,13 @@ def read_midi(path: str) -> MidiNotes:
         raise ValueError(f"{path}: SMPTE time division is not supported")
     pos = 8 + header_len
     tempos: list[tuple[int, int, int]] = []  # (tick, order in file, us per quarter)
-    tracks: list[list[tuple[int, int, int, int]]] = []  # (on, off, pitch, program) per track
+    events: list[tuple[int, int, int, int, int, int]] = []  # tick, track, seq, status, a, b
     last_tick = 0
-    for _ in range(n_tracks):
+    for track in range(n_tracks):
         if data[pos:pos + 4] != b"MTrk":
             raise ValueError(f"{path}: bad track header at byte {pos}")
         end = pos + 8 + int.from_bytes(data[pos + 4:pos + 8], "big")
         i, tick, status = pos + 8, 0, 0
-        program = [0] * 16
-        sounding: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        track_notes = []
         while i < end:
             delta, i = _varlen(data, i)
             tick += delta
@@ -119,23 +121,32 @@ def read_midi(path: str) -> MidiNotes:
                 length, i = _varlen(data, i)
                 i += length
                 continue
-            kind, channel = status & 0xF0, status & 0x0F
-            if kind in (0xC0, 0xD0):
-                if kind == 0xC0:
-                    program[channel] = data[i]
-                i += 1
-                continue
-            a, b = data[i], data[i + 1]
-            i += 2
-            if kind == 0x90 and b > 0:
-                sounding.setdefault((channel, a), []).append((tick, program[channel]))
-            elif kind in (0x80, 0x90) and sounding.get((channel, a)):
-                on, prog = sounding[(channel, a)].pop(0)
-                track_notes.append((on, tick, a, prog))
-        for (_channel, pitch), ons in sounding.items():
-            track_notes.extend((on, tick, pitch, prog) for on, prog in ons)
-        tracks.append(track_notes)
+            kind = status & 0xF0
+            n_data = 1 if kind in (0xC0, 0xD0) else 2
+            if kind in (0x80, 0x90, 0xC0):
+                b = data[i + 1] if n_data == 2 else 0
+                events.append((tick, track, len(events), status, data[i], b))
+            i += n_data
         pos = end
+    program = [0] * 16
+    sounding: dict[tuple[int, int], tuple[int, int, int]] = {}  # (ch, pitch) -> on, prog, track
+    notes_by_track: dict[int, list[tuple[int, int, int, int]]] = {}
+
+    def end_note(key, tick):
+        on, prog, track = sounding.pop(key)
+        if tick > on:  # one replaced at its own onset never sounded
+            notes_by_track.setdefault(track, []).append((on, tick, key[1], prog))
+
+    for tick, track, _seq, status, a, b in sorted(events):
+        kind, channel = status & 0xF0, status & 0x0F
+        if kind == 0xC0:
+            program[channel] = a
+        elif (channel, a) in sounding:
+            end_note((channel, a), tick)
+        if kind == 0x90 and b > 0:
+            sounding[(channel, a)] = (tick, program[channel], track)
+    for key in list(sounding):
+        end_note(key, last_tick)
     tempos.sort()  # by tick, then file order: the later of two changes at one tick wins
     tempo_map = [(t, u) for t, _, u in tempos]
     if not tempo_map or tempo_map[0][0] > 0:
@@ -146,8 +157,8 @@ def read_midi(path: str) -> MidiNotes:
             dedup[-1] = (t, u)
         else:
             dedup.append((t, u))
-    first_part = 1 if tracks and not tracks[0] else 0  # the conductor track
-    notes = [n + (k - first_part,) for k, track in enumerate(tracks) for n in track]
+    first_part = 1 if n_tracks > 1 and 0 not in notes_by_track else 0  # the conductor track
+    notes = [n + (track - first_part,) for track, ns in notes_by_track.items() for n in ns]
     arr = np.array(sorted(notes), dtype=np.int64).reshape(-1, 5)
     return MidiNotes(division, dedup, arr, last_tick)
 
