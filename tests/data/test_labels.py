@@ -33,7 +33,7 @@ def _render_known(tmp_path, transpose=0):
     from mufm.data.corpus import render, score
     from mufm.data.corpus.variants import Variant
     s = converter.parse(KNOWN_ABC, format="abc")
-    v = Variant("t", "piano", (("piano", 0),), 1.0)
+    v = Variant("t", "piano", (("piano", 0),), 1.0, transpose)
     score.apply_variant(s, v, score.tempo_plan(s), 60)
     mid, wav = str(tmp_path / "known.mid"), str(tmp_path / "known.wav")
     score.write_midi(score.to_midi(s), mid)
@@ -49,6 +49,12 @@ def _render_known(tmp_path, transpose=0):
 def known(tmp_path_factory, cli):
     cli.needs_fluidsynth()
     return _render_known(tmp_path_factory.mktemp("known"))
+
+
+@pytest.fixture(scope="module")
+def known_up3(tmp_path_factory, cli):
+    cli.needs_fluidsynth()
+    return _render_known(tmp_path_factory.mktemp("known3"), transpose=3)
 
 
 def _frame_energy(y):
@@ -76,6 +82,17 @@ def test_labelled_onsets_are_where_the_audio_starts_sounding(known):
     # and each labelled note sounds at its pitch: the strongest pitch class while it rings
     from mufm.audio.features import chroma
     for onset, pitch in zip(notes[:, 0], notes[:, 2]):
+        seg = y[int(onset * SR):int((onset + 0.8) * SR)]
+        assert int(np.argmax(chroma(seg, SR, n_fft=4096, hop=1024))) == int(pitch) % 12
+
+
+def test_a_transposed_variant_moves_the_labelled_and_the_heard_pitches(known, known_up3):
+    (lab, _), (up, y) = known, known_up3
+    assert up["notes"][:, 2].tolist() == [p + 3 for p in KNOWN_PITCHES]
+    np.testing.assert_array_equal(up["notes"][:, :2], lab["notes"][:, :2])  # same times
+    np.testing.assert_array_equal(up["beats"], lab["beats"])
+    from mufm.audio.features import chroma
+    for onset, pitch in zip(up["notes"][:, 0], up["notes"][:, 2]):
         seg = y[int(onset * SR):int((onset + 0.8) * SR)]
         assert int(np.argmax(chroma(seg, SR, n_fft=4096, hop=1024))) == int(pitch) % 12
 

@@ -123,7 +123,10 @@ def _work_job(work: Work, cfg: CorpusConfig, out_dir: str, strip: bool, conn) ->
                 "score": {"source_path": work.source_path, "number": work.number,
                           "quarter_length": facts.quarter_length, "repeats_stripped": strip,
                           "midi_seconds": round(seconds, 3),
-                          "pitch_class_weights": [round(w, 6) for w in facts.pitch_class_weights]},
+                          # of the notes as rendered: a transposition rotates them
+                          "pitch_class_weights": [
+                              round(facts.pitch_class_weights[(k - v.transpose) % 12], 6)
+                              for k in range(12)]},
             }
             write_flac(os.path.join(out_dir, rel + ".flac"), y, cfg.sample_rate)
             labels.write_labels(os.path.join(out_dir, rel + labels.SUFFIX), clip_labels)
@@ -174,7 +177,7 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
     if os.path.exists(cfg_path) and not force:
         with open(cfg_path) as f:
             old = json.load(f)
-        if old != json.loads(json.dumps(cfg.to_json())):
+        if not cfg.same_as_recorded(old):
             raise ValueError(f"{out_dir} was built with another config; use a new --out or --force")
     # Checked before the config is recorded: a mistyped $MUFM_SOUNDFONT must not become
     # the directory's config (every render would fail, and the fix would be refused).

@@ -101,10 +101,12 @@ def bpm_for(facts: ScoreFacts, collection: str, scale: float, bounds: tuple[int,
 
 def apply_variant(s: stream.Score, variant: Variant, plan: list[tuple[float, float]],
                   bpm: int) -> None:
-    """Sets one instrument per part and rewrites the tempo marks (in place; call per variant).
+    """Sets one instrument per part, rewrites the tempo marks and transposes (in place; call
+    per variant).
 
     Every existing MetronomeMark is removed; the plan is re-inserted into the first part with
-    its first tempo set to ``bpm`` and later changes scaled by the same factor.
+    its first tempo set to ``bpm`` and later changes scaled by the same factor. Every note
+    moves by ``variant.transpose`` semitones (key signatures with it).
     """
     for el in list(s.recurse().getElementsByClass((tempo.MetronomeMark, tempo.TempoText))):
         if el.activeSite is not None:
@@ -123,6 +125,8 @@ def apply_variant(s: stream.Score, variant: Variant, plan: list[tuple[float, flo
     for i, (offset, q) in enumerate(plan):
         mm = tempo.MetronomeMark(number=bpm if i == 0 else round(q * factor, 3))
         first.insert(offset, mm)
+    if variant.transpose:
+        s.transpose(variant.transpose, inPlace=True)
 
 
 def to_midi(s: stream.Score) -> midi.MidiFile:

@@ -30,10 +30,13 @@ class MufmCorpus(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "First release: music21 corpus, fluidsynth + FluidR3_GM.",
-        "1.1.0": "Note and beat labels per clip (notes, beats, downbeats).",
+        "1.1.0": "Note and beat labels per clip (notes, beats, downbeats), a transpose attribute, "
+                 "the medium config.",
     }
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="quick", description="~60 min: a few collections, CI-sized"),
+        tfds.core.BuilderConfig(name="medium",
+                                description="> 10 h: more works, palettes, tempi, transpositions"),
         tfds.core.BuilderConfig(name="full", description="every work music21 ships, 2 variants"),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
