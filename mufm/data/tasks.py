@@ -8,7 +8,12 @@ Crop length: ``sequence_length["waveform"]`` (samples) when the caller gives one
 task's ``crop_seconds`` (a gin-configurable factory argument). The ``train`` split takes a
 random crop per example, every other split the centre crop. Clips shorter than a crop are
 zero-padded (``waveform_length`` says how many samples are real) or, with
-``pad_short=False``, dropped.
+``pad_short=False``, dropped. ``crop_start`` is the crop's first sample in its clip.
+
+Note and beat labels do not go through the tasks (variable-length, they would break
+batching and mixing with unlabelled folders): an evaluation takes them by ``clip_id``
+from the corpus (``mufm.data.corpus.labels.read_labels``, then ``labels.window`` with
+``crop_start``) or from the TFDS examples of ``mufm_corpus`` (``notes``, ``beats``).
 
 Determinism (the trainer resumes by skipping batches of a rebuilt dataset): give
 ``get_dataset`` a ``seed``. File order, shuffles and crop offsets then all derive from it
@@ -27,7 +32,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mufm.audio import SAMPLE_RATE
-from mufm.data import tfds_builders  # noqa: F401  (registers the TFDS builders)
+from mufm.data import tfds_builders  # importing it registers the TFDS builders
 from mufm.data.tfds_builders import features as F
 
 CORPUS_TASK = "mufm_corpus_audio"
@@ -45,6 +50,7 @@ def audio_output_features() -> dict:
     """Output features shared by every audio task (so tasks can be mixed)."""
     feats = {"waveform": _feature(tf.float32, 1, required=True),
              "waveform_length": _feature(tf.int32, 0, required=True),
+             "crop_start": _feature(tf.int32, 0),
              "bpm": _feature(tf.int32, 0)}
     feats.update({k: _feature(tf.string, 0) for k in _TEXT})
     return feats
@@ -123,7 +129,7 @@ def crop_waveform(ds: tf.data.Dataset, sequence_length=None, *, crop_seconds: fl
         piece = tf.pad(piece, [[0, n - valid]])
         piece.set_shape([n])
         out = {k: v for k, v in ex.items() if k != _SPLIT_KEY}
-        out.update(waveform=piece, waveform_length=valid)
+        out.update(waveform=piece, waveform_length=valid, crop_start=start)
         return out
 
     return crop(ds)
@@ -166,7 +172,8 @@ def register_corpus_task(name: str = CORPUS_TASK, config: str = "quick", crop_se
     ``register_corpus_task.crop_seconds = 30.0`` take effect.
     """
     source = SplitTaggedTfdsSource(
-        tfds_name=f"mufm_corpus/{config}:1.0.0", tfds_data_dir=data_dir or default_data_dir(),
+        tfds_name=f"mufm_corpus/{config}:{tfds_builders.MufmCorpus.VERSION}",
+        tfds_data_dir=data_dir or default_data_dir(),
         tfds_builder_kwargs={"corpus_dir": corpus_dir} if corpus_dir else None)
     return _register(name, source, crop_seconds, pad_short, shuffle_buffer_size)
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny rendered corpus (6 works x 2 variants) built once per session."""
+"""Shared fixtures: a tiny rendered corpus (6 works x 2 variants) and a 2-work medium subset,
+each built once per session."""
 import os
 import subprocess
 import sys
@@ -52,3 +53,13 @@ def tiny_tfds(tiny_corpus, tmp_path_factory):
     tfds.builder("mufm_corpus/quick", data_dir=data_dir,
                  corpus_dir=tiny_corpus).download_and_prepare()
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def medium_subset(tmp_path_factory):
+    """The first 2 works of the medium config (by id: 2 solo Scottish airs), 3 variants each,
+    the second and third transposed."""
+    needs_fluidsynth()
+    out = str(tmp_path_factory.mktemp("corpus") / "medium2")
+    run_build(out, "--config=medium", "--limit=2", "--variants=3")  # later flags win
+    return out

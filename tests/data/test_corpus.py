@@ -1,4 +1,5 @@
 """The rendered corpus is musically right, captioned truthfully, split by work, resumable."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -153,6 +154,63 @@ def test_config_change_in_existing_dir_is_refused(tiny_corpus, tmp_path, cli):
     cli.run(out, "--limit=1")  # limit is not part of the config: same config
     res = cli.run(out, "--seed=7", check=False)
     assert res.returncode != 0 and "another config" in res.stderr
+
+
+def test_medium_transposes_captions_attributes_labels_and_audio(medium_subset):
+    from mufm.data.corpus import captions, labels
+    recs = read_manifest(medium_subset)
+    by_work = {}
+    for r in recs:
+        by_work.setdefault(r["work_id"], {})[r["variant"]["transpose"]] = r
+    assert len(by_work) == 2 and all(len(v) == 3 for v in by_work.values())
+    for variants in by_work.values():
+        base = variants.pop(0)  # the first variant keeps the written key
+        assert base["variant_id"].startswith("v0_")
+        base_notes = labels.read_labels(medium_subset, base["clip_id"])["notes"]
+        base_audio, _ = sf.read(os.path.join(medium_subset, base["audio"]), dtype="float32")
+        base_chroma = chroma(base_audio, 24000, fmax=1000.0)
+        for t, r in variants.items():
+            a = r["attributes"]
+            assert t != 0 and a["transpose"] == t and r["variant_id"].endswith(f"_t{t:+d}")
+            # the key moves by t semitones, in the attributes and in the caption
+            assert captions.pitch_class(a["key_tonic"]) == (
+                captions.pitch_class(base["attributes"]["key_tonic"]) + t) % 12
+            assert a["mode"] == base["attributes"]["mode"] and a["key"] in r["caption"]
+            assert re.search(r"\b([A-G](?:#|b)?) (major|minor)\b", r["caption"]).group(0) == a["key"]
+            # every labelled pitch moves by t (solo tunes: nothing is silenced by a channel)
+            notes = labels.read_labels(medium_subset, r["clip_id"])["notes"]
+            assert sorted(notes[:, 2] - t) == sorted(base_notes[:, 2])
+            np.testing.assert_allclose(
+                r["score"]["pitch_class_weights"],
+                np.roll(base["score"]["pitch_class_weights"], t), atol=1e-6)
+            # and so does what is heard: the chroma of the audio is the base's rolled by t
+            audio, _ = sf.read(os.path.join(medium_subset, r["audio"]), dtype="float32")
+            heard = chroma(audio, 24000, fmax=1000.0)
+            corr = [np.corrcoef(np.roll(base_chroma, k), heard)[0, 1] for k in range(12)]
+            assert int(np.argmax(corr)) == t % 12, (r["clip_id"], np.round(corr, 2))
+
+
+def test_transposition_leaves_palettes_and_tempi_and_quick_alone():
+    from mufm.data.corpus import variants
+    medium = get_config("medium")
+    plain = dataclasses.replace(medium, transpositions=())
+    works = [Work(f"w{i}", "x", None, "bach", None, None, None, n, 10.0)
+             for i, n in enumerate([1, 4] * 20)]
+    moved = 0
+    for w in works:
+        a, b = variants.choose_variants(w, medium), variants.choose_variants(w, plain)
+        assert [(v.palette, v.programs, v.tempo_scale) for v in a] == \
+            [(v.palette, v.programs, v.tempo_scale) for v in b]
+        assert a[0] == b[0] and all(v.transpose == 0 for v in b)
+        moved += sum(v.transpose != 0 for v in a)
+    assert moved == 2 * len(works)  # variants 1 and 2 of every work
+    assert get_config("quick").transpositions == ()
+    # a directory built before transpositions existed resumes under quick, not under medium
+    recorded = get_config("quick").to_json()
+    recorded.pop("transpositions")
+    assert get_config("quick").same_as_recorded(recorded)
+    assert not dataclasses.replace(get_config("quick"), transpositions=(1,)).same_as_recorded(
+        recorded)
 
 
 def test_mufm_soundfont_is_the_builds_soundfont(tmp_path, monkeypatch):

@@ -118,3 +118,66 @@ def test_audio_folder_task_and_mixture(tmp_path, corpus_task):
                .take(20).as_numpy_iterator())
     assert all(e["waveform"].shape == (SR,) for e in got)
     assert {e["clip_id"].startswith(b"song") for e in got} == {True, False}
+
+
+# The feature spec each TFDS version of mufm_corpus was released with. Changing the
+# features without a new VERSION would let a dataset prepared with the old spec pass for
+# the new one: add the new version here when the spec changes.
+CORPUS_SPECS = {
+    "1.1.0": {"attributes", "attributes_json", "beats", "caption", "clip_id", "downbeats",
+              "notes", "sample_rate", "variant_id", "waveform", "work_id"},
+}
+
+
+def test_tfds_corpus_carries_the_labels_under_a_new_version(tiny_tfds, tiny_corpus, corpus_task,
+                                                            tmp_path):
+    import shutil
+
+    import tensorflow_datasets as tfds
+
+    from mufm.data.corpus import labels
+    from mufm.data.tfds_builders import MufmCorpus
+
+    version = str(MufmCorpus.VERSION)
+    builder = tfds.builder("mufm_corpus/quick", data_dir=tiny_tfds, corpus_dir=tiny_corpus)
+    assert set(builder.info.features) == CORPUS_SPECS[version]
+    assert builder.info.features["notes"].shape == (None, 5)
+    assert corpus_task.source.tfds_dataset.name == f"mufm_corpus/quick:{version}"
+    n = 0
+    for ex in builder.as_dataset(split="validation").as_numpy_iterator():
+        lab = labels.read_labels(tiny_corpus, ex["clip_id"].decode())
+        for k in ("notes", "beats", "downbeats"):
+            assert ex[k].dtype == np.float32
+            np.testing.assert_array_equal(ex[k], lab[k])
+        n += 1
+    assert n >= 1
+    # the same data dir holding only an older version's preparation: not taken for this one
+    old = tmp_path / "tfds"
+    shutil.copytree(os.path.join(tiny_tfds, "mufm_corpus"), old / "mufm_corpus")
+    os.rename(old / "mufm_corpus" / "quick" / version, old / "mufm_corpus" / "quick" / "1.0.0")
+    assert not tfds.builder("mufm_corpus/quick", data_dir=str(old),
+                            corpus_dir=tiny_corpus).is_prepared()
+
+
+def test_crop_start_places_each_crop_in_its_clip(corpus_task, tiny_corpus):
+    """What an evaluation needs to take a crop's notes from the clip's labels."""
+    from mufm.data.corpus import labels
+    manifest = {r["clip_id"]: r for r in map(json.loads, open(os.path.join(tiny_corpus,
+                                                                           "manifest.jsonl")))}
+    n = 2 * SR
+    for split in ("train", "validation"):
+        ds = corpus_task.get_dataset(sequence_length={"waveform": n}, split=split, shuffle=False,
+                                     seed=3, num_epochs=1)
+        starts = []
+        for ex in ds.as_numpy_iterator():
+            rec = manifest[ex["clip_id"].decode()]
+            audio, _ = sf.read(os.path.join(tiny_corpus, rec["audio"]), dtype="int16")
+            start = int(ex["crop_start"])
+            starts.append(start)
+            if split != "train":
+                assert start == (len(audio) - n) // 2  # the centre crop
+            np.testing.assert_allclose(ex["waveform"], audio[start:start + n] / 32768.0, atol=1e-6)
+            w = labels.window(labels.read_labels(tiny_corpus, rec["clip_id"]), start / SR, n / SR)
+            assert len(w["notes"]) > 0 and w["notes"][:, 0].min() >= 0
+            assert w["notes"][:, 1].max() <= n / SR + 1e-6
+        assert len(set(starts)) > 1

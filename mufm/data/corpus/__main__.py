@@ -1,4 +1,4 @@
-"""``python -m mufm.data.corpus build --config=quick|full --out=DIR [--jobs=N] [--seed=S]``.
+"""``python -m mufm.data.corpus build --config=quick|medium|full --out=DIR [--jobs=N] [--seed=S]``.
 
 The soundfont is ``$MUFM_SOUNDFONT`` when set, else Debian's FluidR3_GM; it is part of
 the recorded config, so an existing --out resumes only with the same one.

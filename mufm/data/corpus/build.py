@@ -7,6 +7,7 @@ Layout of a built corpus directory::
   works/<work_id>.json       one marker per finished work: rendered (with its clips) or skipped
   audio/<work_id>/<variant>.flac   24 kHz mono 16-bit, loudness-normalised
   audio/<work_id>/<variant>.json   the clip's metadata record (caption, attributes, split ...)
+  audio/<work_id>/<variant>.labels.npz   its notes and beats in seconds (`labels.py`)
   midi/<work_id>/<variant>.mid     the MIDI that was rendered
   manifest.jsonl             every clip record, sorted by clip id (written at the end)
   report.json                counts, audio seconds, skips by reason, wall time
@@ -14,7 +15,9 @@ Layout of a built corpus directory::
 Each work runs in a forked worker that is killed if music21 overruns ``parse_timeout_s``;
 a failed or timed-out work is retried once with its repeats stripped. Clip files and
 markers are written atomically, markers last, so a killed build resumes where it stopped
-and a second run skips every finished work.
+and a second run skips every finished work. A marker records the builder's output
+``FORMAT``; works finished by an older format (e.g. before clips had labels) are redone,
+which reproduces their audio and adds what the format now includes.
 """
 from __future__ import annotations
 
@@ -37,6 +40,10 @@ from mufm.data.corpus.config import SOUNDFONT_ENV, CorpusConfig
 from mufm.data.corpus.works import Work, list_works
 
 from mufm.data.corpus.manifest import MANIFEST, REPORT
+
+# What a finished work's files include; raise it when a build writes a new kind of file
+# (2: labels.npz per clip), so resumed builds redo the works an older builder finished.
+FORMAT = 2
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -62,7 +69,7 @@ def _work_job(work: Work, cfg: CorpusConfig, out_dir: str, strip: bool, conn) ->
     phase = "parse"
     try:
         from mufm.audio.io import write_flac
-        from mufm.data.corpus import render, score, variants
+        from mufm.data.corpus import labels, render, score, variants
         s = score.parse(work)
         if strip:
             score.strip_repeats(s)
@@ -78,11 +85,14 @@ def _work_job(work: Work, cfg: CorpusConfig, out_dir: str, strip: bool, conn) ->
             path = os.path.join(out_dir, "midi", work.work_id, v.variant_id + ".mid")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             score.write_midi(mf, path)
-            midis.append((v, bpm, score.midi_seconds(mf), path))
+            midis.append((v, bpm, labels.read_midi(path), path))  # read back what plays
+        phase = "beats"
+        beats_q, downbeats_q = score.beat_grid(s)  # variants share the score's bars
         conn.send(("rendering", None))
         phase = "render"
         clips, errors = [], []
-        for v, bpm, seconds, midi_path in midis:
+        for v, bpm, midi, midi_path in midis:
+            seconds = midi.length_s
             clip_id = f"{work.work_id}/{v.variant_id}"
             wav = os.path.join(out_dir, "tmp", f"{work.work_id}.{v.variant_id}.{os.getpid()}.wav")
             try:
@@ -102,18 +112,24 @@ def _work_job(work: Work, cfg: CorpusConfig, out_dir: str, strip: bool, conn) ->
                                         duration_s=duration)
             text, template = captions.caption(attrs, cfg.seed, clip_id)
             rel = os.path.join("audio", work.work_id, v.variant_id)
+            clip_labels = labels.clip_labels(midi, beats_q, downbeats_q, duration)
             record = {
                 "clip_id": clip_id, "work_id": work.work_id, "variant_id": v.variant_id,
-                "split": work.split, "audio": rel + ".flac",
+                "split": work.split, "audio": rel + ".flac", "labels": rel + labels.SUFFIX,
+                "n_notes": len(clip_labels["notes"]), "n_beats": len(clip_labels["beats"]),
                 "midi": os.path.relpath(midi_path, out_dir), "sample_rate": cfg.sample_rate,
                 "num_samples": int(len(y)), "caption": text, "caption_template": template,
                 "attributes": attrs, "variant": v.to_json(),
                 "score": {"source_path": work.source_path, "number": work.number,
                           "quarter_length": facts.quarter_length, "repeats_stripped": strip,
                           "midi_seconds": round(seconds, 3),
-                          "pitch_class_weights": [round(w, 6) for w in facts.pitch_class_weights]},
+                          # of the notes as rendered: a transposition rotates them
+                          "pitch_class_weights": [
+                              round(facts.pitch_class_weights[(k - v.transpose) % 12], 6)
+                              for k in range(12)]},
             }
             write_flac(os.path.join(out_dir, rel + ".flac"), y, cfg.sample_rate)
+            labels.write_labels(os.path.join(out_dir, rel + labels.SUFFIX), clip_labels)
             write_json_atomic(os.path.join(out_dir, rel + ".json"), record)
             clips.append(record)
         conn.send(("done", {"clips": clips, "errors": errors}))
@@ -138,6 +154,14 @@ def _load_or_list_works(cfg: CorpusConfig, out_dir: str, limit: int | None) -> l
     return works
 
 
+def _finished(marker_path: str) -> bool:
+    """A work is done when its marker exists and was written by this output format."""
+    if not os.path.exists(marker_path):
+        return False
+    with open(marker_path) as f:
+        return json.load(f).get("format", 1) >= FORMAT
+
+
 class _Running:
     def __init__(self, work, attempt, proc, conn, deadline):
         self.work, self.attempt, self.proc, self.conn = work, attempt, proc, conn
@@ -153,7 +177,7 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
     if os.path.exists(cfg_path) and not force:
         with open(cfg_path) as f:
             old = json.load(f)
-        if old != json.loads(json.dumps(cfg.to_json())):
+        if not cfg.same_as_recorded(old):
             raise ValueError(f"{out_dir} was built with another config; use a new --out or --force")
     # Checked before the config is recorded: a mistyped $MUFM_SOUNDFONT must not become
     # the directory's config (every render would fail, and the fix would be refused).
@@ -170,7 +194,7 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
 
     works = _load_or_list_works(cfg, out_dir, limit)
     marker = lambda w: os.path.join(out_dir, "works", w.work_id + ".json")
-    todo = deque(w for w in works if not os.path.exists(marker(w)))
+    todo = deque(w for w in works if not _finished(marker(w)))
     already = len(works) - len(todo)
     jobs = max(1, jobs or os.cpu_count() or 1)
     log(f"[corpus] config={cfg.name} works={len(works)} already_done={already} "
@@ -216,7 +240,8 @@ def build(cfg: CorpusConfig, out_dir: str, jobs: int | None = None, limit: int |
         if result.get("retry") and r.attempt == 0:
             start(r.work, 1)  # retry once with repeats stripped
             return
-        rec = {"work_id": r.work.work_id, "split": r.work.split, "attempts": r.attempt + 1}
+        rec = {"work_id": r.work.work_id, "split": r.work.split, "attempts": r.attempt + 1,
+               "format": FORMAT}
         clips = result.get("clips") or []
         if clips:
             rec.update(status="rendered", clips=[c["clip_id"] for c in clips],

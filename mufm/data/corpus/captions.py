@@ -50,15 +50,39 @@ def distinct(seq):
     return list(dict.fromkeys(seq))
 
 
+# How a transposed key is spelled: the usual key signature for each tonic pitch class
+# (C=0), fewest accidentals, flats on the usual flat keys.
+TONIC_NAMES = {
+    "major": ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"),
+    "minor": ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B"),
+}
+_LETTER_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+
+def pitch_class(tonic: str) -> int:
+    """Pitch class of a tonic as the captions write it ("F#", "Bb", "C##")."""
+    return (_LETTER_PC[tonic[0]] + tonic.count("#") - tonic.count("b")) % 12
+
+
+def transposed_tonic(tonic: str, mode: str, semitones: int) -> str:
+    """The tonic after transposing by ``semitones``; untransposed keys keep the score's
+    spelling (music21's analysis), transposed ones the usual key-signature name."""
+    if not semitones:
+        return tonic
+    return TONIC_NAMES.get(mode, TONIC_NAMES["major"])[(pitch_class(tonic) + semitones) % 12]
+
+
 def attributes(*, work, facts, variant, bpm: int, duration_s: float) -> dict:
     """The structured fields stored next to the caption (see README, "caption fields")."""
     info = collection_info(work.collection)
     italian, english = tempo_word(bpm)
     instruments = distinct(name for name, _ in variant.programs)
+    tonic = transposed_tonic(facts.key_tonic, facts.mode, variant.transpose)
     return {
-        "key": f"{facts.key_tonic} {facts.mode}",
-        "key_tonic": facts.key_tonic,
+        "key": f"{tonic} {facts.mode}",
+        "key_tonic": tonic,
         "mode": facts.mode,
+        "transpose": int(variant.transpose),
         "bpm": int(bpm),
         "tempo_word": italian,
         "tempo_adjective": english,

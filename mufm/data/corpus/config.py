@@ -1,4 +1,4 @@
-"""Build configurations of the embedded corpus (`quick`, `full`) and per-collection facts.
+"""Build configurations of the embedded corpus (`quick`, `medium`, `full`) and collection facts.
 
 A config fixes everything that decides the output, so a build is a pure function of
 (config, seed, music21 version, fluidsynth + soundfont): re-running it reproduces the
@@ -7,6 +7,7 @@ same clips bit for bit, and a resumed build matches an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from mufm.audio import SAMPLE_RATE
@@ -36,12 +37,26 @@ class CorpusConfig:
     render_timeout_s: float = 300.0   # hard limit per fluidsynth run
     render_length_ratio: float = 2.0  # output-length guard: kill at ratio x MIDI length + 30 s
     max_clip_seconds: float | None = None  # None: whole works; else clips are cut to this length
+    # semitones every variant after a work's first draws its transposition from; () keeps
+    # every variant in the written key
+    transpositions: tuple[int, ...] = ()
     soundfont: str = DEFAULT_SOUNDFONT  # get_config puts $MUFM_SOUNDFONT here when it is set
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["collections"] = [list(c) for c in self.collections]
+        d["transpositions"] = list(self.transpositions)
         return d
+
+    def same_as_recorded(self, recorded: dict) -> bool:
+        """Whether a build_config.json is this config. A field added to CorpusConfig after
+        it was written counts as its default there: defaults reproduce what builds did
+        before the field existed, so an older directory still resumes."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)
+                    if f.default is not dataclasses.MISSING}
+        defaults = json.loads(json.dumps(dataclasses.replace(self, **defaults).to_json()))
+        recorded = json.loads(json.dumps(recorded))  # tuples as lists, as in the file
+        return {**defaults, **recorded} == json.loads(json.dumps(self.to_json()))
 
 
 # quick: ~30 works x 2 variants, > 30 min of audio, a few minutes on 2 cores (CI, README job).
@@ -67,7 +82,24 @@ FULL = CorpusConfig(
     parse_timeout_s=240.0,  # a few quartet movements take minutes to parse
 )
 
-CONFIGS = {"quick": QUICK, "full": FULL}
+# medium: > 10 h and > 1,500 distinct captions in < 40 min on 2 cores (see mufm/data/README.md
+# for the measured figures). Short folk tunes and chorales give the clip count, a few
+# polyphonic and chamber works the variety; three variants per work, the second and third
+# transposed by up to a fourth either way, so every key is heard.
+MEDIUM = CorpusConfig(
+    name="medium",
+    collections=(("bach", 130), ("essenFolksong", 280), ("oneills1850", 60), ("ryansMammoth", 40),
+                 ("airdsAirs", 30), ("miscFolk", 30), ("palestrina", 8), ("trecento", 6),
+                 ("monteverdi", 5), ("josquin", 3), ("mozart", 3), ("haydn", 2),
+                 ("schumann_clara", 2), ("corelli", 1), ("cpebach", 1), ("handel", 1),
+                 ("verdi", 1), ("liliuokalani", 1), ("johnson_j_r", 1), ("ciconia", 1),
+                 ("nottingham-dataset", 2)),
+    variants_per_work=3,
+    max_quarter_length=320.0,
+    transpositions=(-5, -4, -3, -2, -1, 1, 2, 3, 4, 5),
+)
+
+CONFIGS = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
 
 
 def get_config(name: str, **overrides) -> CorpusConfig:

@@ -6,6 +6,7 @@ Runs inside the builder's worker processes (music21 is imported only here and in
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from music21 import bar, corpus, instrument, key as m21key, meter, midi, repeat, spanner, stream, tempo
 from music21.midi import translate
@@ -100,10 +101,12 @@ def bpm_for(facts: ScoreFacts, collection: str, scale: float, bounds: tuple[int,
 
 def apply_variant(s: stream.Score, variant: Variant, plan: list[tuple[float, float]],
                   bpm: int) -> None:
-    """Sets one instrument per part and rewrites the tempo marks (in place; call per variant).
+    """Sets one instrument per part, rewrites the tempo marks and transposes (in place; call
+    per variant).
 
     Every existing MetronomeMark is removed; the plan is re-inserted into the first part with
-    its first tempo set to ``bpm`` and later changes scaled by the same factor.
+    its first tempo set to ``bpm`` and later changes scaled by the same factor. Every note
+    moves by ``variant.transpose`` semitones (key signatures with it).
     """
     for el in list(s.recurse().getElementsByClass((tempo.MetronomeMark, tempo.TempoText))):
         if el.activeSite is not None:
@@ -122,38 +125,63 @@ def apply_variant(s: stream.Score, variant: Variant, plan: list[tuple[float, flo
     for i, (offset, q) in enumerate(plan):
         mm = tempo.MetronomeMark(number=bpm if i == 0 else round(q * factor, 3))
         first.insert(offset, mm)
+    if variant.transpose:
+        s.transpose(variant.transpose, inPlace=True)
 
 
 def to_midi(s: stream.Score) -> midi.MidiFile:
     return translate.streamToMidiFile(s)
 
 
-def midi_seconds(mf: midi.MidiFile) -> float:
-    """Length of a MIDI file in seconds, from its tempo map and its last event."""
-    tpq = mf.ticksPerQuarterNote or 1024
-    tempos = []  # (tick, microseconds per quarter)
-    last_tick = 0
-    for track in mf.tracks:
-        tick = 0
-        for ev in track.events:
-            if isinstance(ev, midi.DeltaTime):
-                tick += ev.time
-                continue
-            last_tick = max(last_tick, tick)
-            if ev.type == midi.MetaEvents.SET_TEMPO and ev.data:
-                tempos.append((tick, int.from_bytes(
-                    bytes(ev.data[:3]) if isinstance(ev.data, (bytes, bytearray))
-                    else bytes(ev.data[:3]), "big")))
-    tempos.sort()
-    if not tempos or tempos[0][0] > 0:
-        tempos.insert(0, (0, 500000))
-    seconds, prev_tick, us = 0.0, 0, tempos[0][1]
-    for tick, new_us in tempos[1:]:
-        if tick >= last_tick:
-            break
-        seconds += (tick - prev_tick) / tpq * us / 1e6
-        prev_tick, us = tick, new_us
-    return seconds + (last_tick - prev_tick) / tpq * us / 1e6
+def beat_grid(s: stream.Score) -> tuple[list[float], list[float]]:
+    """Quarter-note offsets of the beats and of the downbeats of ``s`` as its MIDI plays it.
+
+    Repeats are expanded exactly when music21's MIDI writer expands them (whenever the
+    score has measures), so the offsets line up with the MIDI's ticks. A beat is the
+    time signature's beat (``beatDuration``: a dotted quarter in 6/8); a pickup bar's
+    beats are counted from its missing start (``paddingLeft``), so an eighth-note
+    upbeat is not a beat and the first downbeat is where the first full bar begins.
+    Scores without measures get their first time signature's grid from 0 (quarters if none).
+    """
+    played = s.expandRepeats() if s[stream.Measure] else s
+    first = played.parts[0]
+    measures = list(first.getElementsByClass(stream.Measure))
+    beats: list[float] = []
+    downbeats: list[float] = []
+    if not measures:
+        ts = next(iter(played.recurse().getElementsByClass(meter.TimeSignature)), None)
+        step = float(ts.beatDuration.quarterLength) if ts else 1.0
+        per_bar = int(round(ts.barDuration.quarterLength / step)) if ts else 0
+        end = float(played.highestTime)
+        k = 0
+        while k * step < end - 1e-9:
+            beats.append(k * step)
+            if per_bar and k % per_bar == 0:
+                downbeats.append(k * step)
+            k += 1
+        return beats, downbeats
+    ts = None
+    carry = 0.0  # where in its bar the previous measure stopped, if it stopped short
+    for m in measures:
+        ts = (m.timeSignature or ts or m.getContextByClass(meter.TimeSignature)
+              or meter.TimeSignature("4/4"))
+        step = float(ts.beatDuration.quarterLength)
+        bar_length = float(ts.barDuration.quarterLength)
+        pad = float(m.paddingLeft)
+        start = float(m.getOffsetBySite(first))
+        length = float(m.duration.quarterLength)
+        # A bar split by a repeat sign is two short measures, and parsers (ABC) often do
+        # not mark the second half's padding: it continues the first half's bar.
+        if pad == 0 and carry > 0 and carry + length <= bar_length + 1e-9:
+            pad = carry
+        k = math.ceil(pad / step - 1e-9)
+        while k * step - pad < length - 1e-9:
+            beats.append(start + k * step - pad)
+            if k == 0:
+                downbeats.append(beats[-1])
+            k += 1
+        carry = pad + length if pad + length < bar_length - 1e-9 else 0.0
+    return beats, downbeats
 
 
 def write_midi(mf: midi.MidiFile, path: str) -> None:

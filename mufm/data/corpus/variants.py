@@ -1,8 +1,10 @@
-"""Rendering variants: an instrument palette per part and a tempo factor, drawn per work.
+"""Rendering variants: an instrument palette per part, a tempo factor and a transposition.
 
 Palettes list General MIDI programs (0-based) from the highest part to the lowest; a
 score with more parts than the palette reuses its lowest entry. Solo melodies get solo
-palettes, part music gets ensembles.
+palettes, part music gets ensembles. With ``CorpusConfig.transpositions`` set, every
+variant but the first (which keeps the written key) is transposed by a number of
+semitones drawn from it.
 """
 from __future__ import annotations
 
@@ -48,15 +50,17 @@ class Variant:
     palette: str
     programs: tuple[tuple[str, int], ...]   # one (instrument, GM program) per part, top down
     tempo_scale: float                       # applied to every metronome mark of the score
+    transpose: int = 0                       # semitones, applied to every note
 
     def to_json(self) -> dict:
         return {"variant_id": self.variant_id, "palette": self.palette,
-                "programs": [list(p) for p in self.programs], "tempo_scale": self.tempo_scale}
+                "programs": [list(p) for p in self.programs], "tempo_scale": self.tempo_scale,
+                "transpose": self.transpose}
 
     @classmethod
     def from_json(cls, d: dict) -> "Variant":
         return cls(d["variant_id"], d["palette"], tuple(tuple(p) for p in d["programs"]),
-                   d["tempo_scale"])
+                   d["tempo_scale"], d.get("transpose", 0))
 
 
 def programs_for(palette: list[tuple[str, int]], n_parts: int) -> tuple[tuple[str, int], ...]:
@@ -64,7 +68,8 @@ def programs_for(palette: list[tuple[str, int]], n_parts: int) -> tuple[tuple[st
 
 
 def choose_variants(work: Work, cfg: CorpusConfig, n_parts: int | None = None) -> list[Variant]:
-    """``cfg.variants_per_work`` distinct palettes and tempo factors, fixed by (seed, work id)."""
+    """``cfg.variants_per_work`` distinct palettes, tempo factors and (with
+    ``cfg.transpositions``) transpositions, fixed by (seed, work id)."""
     n_parts = n_parts or work.n_parts
     rng = random.Random(stable_hash(cfg.seed, "variants", work.work_id))
     table = SOLOS if n_parts == 1 else ENSEMBLES
@@ -76,4 +81,12 @@ def choose_variants(work: Work, cfg: CorpusConfig, n_parts: int | None = None) -
         lo, hi = cfg.tempo_scale
         scale = round(rng.uniform(lo, hi), 3)
         out.append(Variant(f"v{k}_{name}", name, programs_for(table[name], n_parts), scale))
+    if cfg.transpositions:
+        # A stream of its own: palettes and tempi are the same with transposition on or off.
+        trng = random.Random(stable_hash(cfg.seed, "transpose", work.work_id))
+        for k in range(1, len(out)):
+            t = int(trng.choice(cfg.transpositions))
+            if t:
+                v = out[k]
+                out[k] = dataclasses.replace(v, variant_id=f"{v.variant_id}_t{t:+d}", transpose=t)
     return out

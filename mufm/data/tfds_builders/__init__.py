@@ -1,6 +1,6 @@
 """TFDS builders (importing this package registers them; it imports TensorFlow).
 
-- ``mufm_corpus`` (configs ``quick`` / ``full``): the rendered embedded corpus.
+- ``mufm_corpus`` (configs ``quick`` / ``medium`` / ``full``): the rendered embedded corpus.
 - ``audio_folder``: a user's folder of audio files with a captions file.
 """
 from mufm.data.tfds_builders.audio_folder import AudioFolder

@@ -10,7 +10,7 @@ from mufm.audio import SAMPLE_RATE
 CORPUS_TEXT_ATTRIBUTES = ("key", "key_tonic", "mode", "tempo_word", "time_signature", "instruments",
                           "palette", "composer", "collection", "region", "era", "texture", "title")
 CORPUS_NUMBER_ATTRIBUTES = {"bpm": np.int32, "n_parts": np.int32, "duration_s": np.float32,
-                            "tempo_scale": np.float32}
+                            "tempo_scale": np.float32, "transpose": np.int32}
 
 
 def waveform_feature() -> tfds.features.Audio:
