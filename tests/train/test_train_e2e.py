@@ -77,11 +77,33 @@ def two_meshes(tmp_path_factory):
     return one, eight
 
 
+def _trajectory_rtol() -> float:
+    """Each logged loss of the 8-device run sums the same terms as the 1-device one in
+    other orders: each sequence's forward through matmuls of other shapes
+    (rounding_tolerance of the tiny model at length 128), then the n = batch x length
+    non-negative token losses (2 n u of their total). Earlier updates that differ do not
+    add to first order: Adam steps lr * sign(g) alike wherever g stands clear of its
+    rounding, and where it does not (a flip, 2 lr apart) the loss is flat in that weight."""
+    import gin
+
+    from mufm import gin_flags
+    from mufm.lm.model import LMConfig
+    from tests.lm.rounding import U, rounding_tolerance
+
+    gin_flags.parse(["models/tiny.gin"], [], finalize=False)
+    try:
+        cfg = LMConfig()
+    finally:
+        gin.clear_config()
+    length, batch = 128, 8  # experiments/synthetic_tiny.gin's crops, TRAJ's batch
+    return rounding_tolerance(cfg, length) + 2 * batch * length * U
+
+
 def test_8_device_mesh_matches_1_device_trajectory(two_meshes):
     one, eight = two_meshes
     l1, l8 = scalars(one, "loss"), scalars(eight, "loss")
     assert sorted(l1) == sorted(l8) == list(range(1, 21))
-    np.testing.assert_allclose([l8[s] for s in l8], [l1[s] for s in l1], rtol=2e-4)
+    np.testing.assert_allclose([l8[s] for s in l8], [l1[s] for s in l1], rtol=_trajectory_rtol())
     assert l1[20] < l1[1]
 
 
