@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gin
@@ -45,6 +46,17 @@ class RunConfig:
     eval_every: int = 0  # 0: no evaluation during training
     eval_batches: int = 4
     max_nonfinite_streak: int = 5
+    # (first, last) 1-based steps to trace with jax.profiler into MODEL_DIR/profile (view in
+    # TensorBoard's profile plugin or Perfetto); None: no trace. Skip the first steps: they
+    # compile.
+    profile_steps: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.profile_steps is not None:
+            first, last = (int(x) for x in self.profile_steps)
+            if not 1 <= first <= last:
+                raise ValueError(f"RunConfig.profile_steps={self.profile_steps}: need 1 <= first <= last")
+            object.__setattr__(self, "profile_steps", (first, last))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,9 +198,12 @@ def run_steps(step_at: Callable[[int], Callable], state, batches: Iterator, *, r
     start = int(state.step)
     last: dict[str, float] = {}
     prev_metrics = None
+    tracer = _Tracer(run)
     try:
         for step in range(start, run.train_steps):
+            tracer.before(step + 1)
             state, metrics = step_at(step)(state, next(batches))
+            tracer.after(step + 1, state)
             logger.add(metrics)
             # Check the previous step's streak: it is already computed, so this does not
             # stall the dispatch of the step just queued.
@@ -205,9 +220,35 @@ def run_steps(step_at: Callable[[int], Callable], state, batches: Iterator, *, r
         if prev_metrics is not None:
             _check_nonfinite(prev_metrics, run.max_nonfinite_streak, run.train_steps)
     finally:
+        tracer.stop()
         ckpt.close()
         logger.close()
     return last
+
+
+class _Tracer:
+    """A jax.profiler trace of RunConfig.profile_steps (1-based, inclusive) on process 0."""
+
+    def __init__(self, run: RunConfig):
+        self.window = run.profile_steps if jax.process_index() == 0 else None
+        self.dir = os.path.join(run.model_dir, "profile")
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if self.window and step == self.window[0]:
+            jax.profiler.start_trace(self.dir)
+            self.active = True
+
+    def after(self, step: int, state) -> None:
+        if self.active and step == self.window[1]:
+            jax.block_until_ready(state)  # the traced steps' device work inside the trace
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+            log.info("profile of steps %s written to %s", self.window, self.dir)
 
 
 def _logger(task: Task, run: RunConfig, start: int):

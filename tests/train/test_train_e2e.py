@@ -1,5 +1,6 @@
 """End to end through `python -m mufm.train`: learning, resume after SIGKILL, 8 vs 1 device,
 restore across meshes, non-finite stop. Each run is a real subprocess on the synthetic task."""
+import glob
 import os
 import signal
 import subprocess
@@ -158,3 +159,11 @@ def test_nonfinite_streak_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     assert steps and max(steps) < 30
     params = restored_params(d, max(steps))
     assert params  # the newest checkpoint is complete and readable
+
+
+def test_profile_steps_write_a_trace(tmp_path):
+    d = str(tmp_path / "prof")
+    _ok(run_train(d, "--gin.TRAIN_STEPS=6", "--gin.RunConfig.profile_steps=(3, 4)",
+                  "--gin.CheckpointConfig.save_every=6"))
+    traces = glob.glob(os.path.join(d, "profile", "plugins", "profile", "*", "*.xplane.pb"))
+    assert len(traces) == 1 and os.path.getsize(traces[0]) > 0, traces
