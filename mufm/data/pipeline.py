@@ -4,8 +4,9 @@ Token tasks (the stage LMs) go through `StageLMFeatureConverter` (`host_batches`
 tasks (the codec) give fixed-length waveform crops (`host_audio_batches`), with
 `sequence_length` read as the crop length in samples.
 
-Each host reads its own shard (seqio ShardInfo: index = process index) and batches
-`global_batch / process_count` examples; `mufm.parallel.multihost` assembles the host-local
+The data is split into `DataConfig.input_shards` seqio shards (default one per host); each
+host reads its own shards and batches `global_batch / process_count` examples (its shards'
+batches concatenated in shard order); `mufm.parallel.multihost` assembles the host-local
 batches into global arrays. The pipeline is deterministic for a seed, so resuming at
 `start_batch` (skip) yields exactly the batches an uninterrupted run would see.
 """
@@ -31,6 +32,11 @@ class DataConfig:
     seed: int = 0
     train_split: str = "train"
     eval_split: str = "validation"
+    # Input shards the data is split into (seqio ShardInfo); each host reads
+    # input_shards / process_count of them and concatenates their batches in shard order.
+    # None: one per host. Fixing it makes the global batches independent of the number of
+    # processes (a 1-process rehearsal of a 2-host run reads exactly the 2-host batches).
+    input_shards: int | None = None
     # Modules whose import registers the Task/Mixture (seqio registries are import-time).
     task_modules: Sequence[str] = ("mufm.data.synthetic",)
     # Names of the stream ids a task marks in `targets_streams`, for per-stream metrics.
@@ -111,33 +117,60 @@ def host_batch_size(global_batch: int) -> int:
     return global_batch // n
 
 
+def host_shards(cfg: DataConfig) -> tuple[list[int], int]:
+    """(the input shards this host reads, the number of shards)."""
+    hosts, host = jax.process_count(), jax.process_index()
+    n = cfg.input_shards or hosts
+    if n % hosts:
+        raise ValueError(f"DataConfig.input_shards={n} is not divisible by the {hosts} hosts")
+    if cfg.batch_size % n:
+        raise ValueError(f"DataConfig.batch_size={cfg.batch_size} is not divisible by the {n} "
+                         f"input shards")
+    per_host = n // hosts
+    return [host * per_host + k for k in range(per_host)], n
+
+
 def make_dataset(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int = 0,
                  num_epochs: int | None = None):
     """The host-local tf.data pipeline of batched model features, positioned at start_batch."""
     import seqio
 
     converter = feature_converter(cfg)
-    shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
-    ds = seqio.get_dataset(
-        cfg.mixture_or_task_name,
-        task_feature_lengths=converter.task_feature_lengths(cfg.sequence_length),
-        dataset_split=split,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        feature_converter=converter,
-        shard_info=shard,
-        seed=cfg.seed,
-        use_cached=False,
-    )
-    return _batched(ds, cfg, start_batch)
+
+    def shard_dataset(shard):
+        return seqio.get_dataset(
+            cfg.mixture_or_task_name,
+            task_feature_lengths=converter.task_feature_lengths(cfg.sequence_length),
+            dataset_split=split,
+            shuffle=shuffle,
+            num_epochs=num_epochs,
+            feature_converter=converter,
+            shard_info=shard,
+            seed=cfg.seed,
+            use_cached=False,
+        )
+
+    return _batched(shard_dataset, cfg, start_batch)
 
 
-def _batched(ds, cfg: DataConfig, start_batch: int, drop_remainder: bool = True):
-    """Host batches, deterministic, positioned at `start_batch` (a resumed run skips exactly
-    the batches it consumed), prefetched."""
+def _batched(shard_dataset, cfg: DataConfig, start_batch: int, drop_remainder: bool = True):
+    """Host batches from this host's input shards (`shard_dataset(ShardInfo)` gives one
+    shard's examples): each shard batched by batch_size / input_shards and the shards'
+    batches concatenated in shard order; deterministic, positioned at `start_batch` (a
+    resumed run skips exactly the batches it consumed), prefetched."""
+    import seqio
     import tensorflow as tf
 
-    ds = ds.batch(host_batch_size(cfg.batch_size), drop_remainder=drop_remainder)
+    shards, n = host_shards(cfg)
+    per_shard = cfg.batch_size // n
+    parts = [shard_dataset(seqio.ShardInfo(index=i, num_shards=n)).batch(
+        per_shard, drop_remainder=drop_remainder) for i in shards]
+    if len(parts) == 1:
+        ds = parts[0]
+    else:
+        ds = tf.data.Dataset.zip(tuple(parts)).map(
+            lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]},
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if start_batch:
         ds = ds.skip(start_batch)
     options = tf.data.Options()
@@ -169,12 +202,14 @@ def make_audio_dataset(cfg: DataConfig, *, split: str, shuffle: bool, start_batc
     if missing:
         raise ValueError(f"{cfg.mixture_or_task_name!r} is not an audio task: it has no {missing} "
                          f"(its features: {sorted(task.output_features)})")
-    shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
-    ds = task.get_dataset({"waveform": cfg.sequence_length}, split=split, shuffle=shuffle,
-                          num_epochs=num_epochs, shard_info=shard, seed=cfg.seed, use_cached=False)
-    ds = ds.map(lambda ex: {k: ex[k] for k in AUDIO_FEATURES},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _batched(ds, cfg, start_batch, drop_remainder)
+    def shard_dataset(shard):
+        ds = task.get_dataset({"waveform": cfg.sequence_length}, split=split, shuffle=shuffle,
+                              num_epochs=num_epochs, shard_info=shard, seed=cfg.seed,
+                              use_cached=False)
+        return ds.map(lambda ex: {k: ex[k] for k in AUDIO_FEATURES},
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    return _batched(shard_dataset, cfg, start_batch, drop_remainder)
 
 
 def host_audio_batches(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int = 0,
