@@ -16,6 +16,7 @@ from typing import Any
 import gin
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 @gin.configurable
@@ -28,7 +29,7 @@ class CheckpointConfig:
 
 class Checkpointer:
     def __init__(self, model_dir: str, cfg: CheckpointConfig):
-        self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+        self.directory = str(run_path(model_dir) / "checkpoints")
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=cfg.save_every, max_to_keep=cfg.keep,
             enable_async_checkpointing=cfg.async_save, create=True)
@@ -53,12 +54,20 @@ class Checkpointer:
         self._mngr.close()
 
 
+def run_path(model_dir: str) -> epath.Path:
+    """MODEL_DIR as a path every writer of the run shares: local paths made absolute,
+    `gs://bucket/...` (or any other scheme etils/tf.io.gfile reads) left as they are."""
+    if "://" in model_dir:
+        return epath.Path(model_dir)
+    return epath.Path(os.path.abspath(os.path.expanduser(model_dir)))
+
+
 def write_gin_config(model_dir: str, operative: str) -> str | None:
     """Writes the operative gin config beside the checkpoints (process 0 only)."""
     if jax.process_index() != 0:
         return None
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, "config.gin")
-    with open(path, "w") as f:
-        f.write(operative)
-    return path
+    directory = run_path(model_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.gin"
+    path.write_text(operative)
+    return str(path)

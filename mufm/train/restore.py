@@ -90,13 +90,13 @@ def write_model_config(model_dir: str, task) -> str | None:
               "task": f"{cls.__module__}.{cls.__qualname__}",
               "inference_path": cls.inference_path,
               "configs": {k: config_to_json(v) for k, v in task.model_configs().items()}}
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, MODEL_CONFIG)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-    return path
+    from mufm.train.checkpoint import run_path
+
+    directory = run_path(model_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / MODEL_CONFIG  # rewritten at every start, so a torn write heals
+    path.write_text(json.dumps(record, indent=1, sort_keys=True))
+    return str(path)
 
 
 # -- finding a run and a step ---------------------------------------------------------------

@@ -45,3 +45,15 @@ def test_per_group_updates_only_the_groups_given():
     # The discriminator's Adam statistics are the very same objects: not run over zeros.
     assert all(a is b for a, b in zip(jax.tree.leaves(new_state["d"]), jax.tree.leaves(state["d"])))
     assert int(new_state["g"][0].count) == 1
+
+
+def test_run_paths_keep_bucket_urls_and_absolutise_local_ones(tmp_path, monkeypatch):
+    import os
+
+    from mufm.train.checkpoint import run_path, write_gin_config
+
+    assert str(run_path("gs://bucket/runs/stage")) == "gs://bucket/runs/stage"
+    monkeypatch.chdir(tmp_path)
+    assert str(run_path("runs/x")) == os.path.join(str(tmp_path), "runs", "x")
+    path = write_gin_config("runs/x", "A = 1\n")
+    assert open(path).read() == "A = 1\n"
