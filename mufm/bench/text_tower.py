@@ -1,6 +1,6 @@
 """MuLan text tower speed: `python -m mufm.bench.text_tower [--batch 256] [--reps 5]`.
 
-Embeds `batch` corpus-style captions (instrument, key, tempo, metre, era: the templates
+Embeds `batch` corpus-like captions (instrument, key, tempo, metre, era, in the manner
 of the embedded corpus's captions) with the pretrained TextTower (MiniLM-L6 + projection,
 fp32), jitted and compiled ahead of time so no timing includes compilation. Prints the
 host tokenisation rate, the tower's sentences/s (median of `reps` batches), its model
