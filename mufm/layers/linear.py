@@ -38,14 +38,20 @@ class Dense(nnx.Module):
     """y[..., out...] = x[..., in...] @ kernel[in..., out...], computed in `dtype`.
 
     `in_axes`/`out_axes` are the logical names of the contracted and produced dimensions.
+    `use_bias` adds a zero-initialised bias over the output dimensions (ported pretrained
+    models such as BERT have one; the project's own models do without).
     """
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], *, in_axes: Axes,
-                 out_axes: Axes, dtype=jnp.float32, init_scale: float = 1.0, rngs: nnx.Rngs):
+                 out_axes: Axes, dtype=jnp.float32, init_scale: float = 1.0,
+                 use_bias: bool = False, rngs: nnx.Rngs):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         n_in, n_out = len(self.in_shape), len(self.out_shape)
         init = fan_in_init(tuple(range(n_in)), tuple(range(n_in, n_in + n_out)), init_scale)
         self.kernel = param(rngs, init, self.in_shape + self.out_shape, tuple(in_axes) + tuple(out_axes))
+        if use_bias:
+            self.bias = param(rngs, nnx.initializers.zeros, self.out_shape, tuple(out_axes))
+        self.use_bias = use_bias
         self.dtype = dtype
         ins, outs = _LETTERS[:n_in], _LETTERS[n_in:n_in + n_out]
         self._eq = f"...{ins},{ins}{outs}->...{outs}"
@@ -57,8 +63,10 @@ class Dense(nnx.Module):
         n_in = math.prod(self.in_shape)
         lead = x.shape[:x.ndim - len(self.in_shape)]
         kernel = self.kernel[...].astype(self.dtype).reshape(n_in, -1)
-        y = x.astype(self.dtype).reshape(-1, n_in) @ kernel
-        return y.reshape(lead + self.out_shape)
+        y = (x.astype(self.dtype).reshape(-1, n_in) @ kernel).reshape(lead + self.out_shape)
+        if self.use_bias:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
 
 
 class Embed(nnx.Module):

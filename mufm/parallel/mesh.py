@@ -39,6 +39,7 @@ DEFAULT_RULES: Rules = (
     ("conv_out", None),
     ("channels", None),
     ("time", None),
+    ("joint", None),
 )
 
 
