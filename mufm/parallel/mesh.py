@@ -39,6 +39,11 @@ DEFAULT_RULES: Rules = (
     ("conv_out", None),
     ("channels", None),
     ("time", None),
+    ("mel", None),
+    ("conv_freq", None),
+    ("codebook_groups", None),
+    ("final", None),
+    ("target_length", None),
 )
 
 
