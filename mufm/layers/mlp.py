@@ -1,4 +1,4 @@
-"""Transformer feed-forward block: GELU or SwiGLU."""
+"""Transformer feed-forward block: GELU, SwiGLU or swish (the conformer's feed-forward)."""
 from __future__ import annotations
 
 import jax
@@ -14,8 +14,8 @@ from mufm.parallel.logical import constrain
 class MLP(nnx.Module):
     def __init__(self, d_model: int, d_ff: int, *, activation: str = "gelu", dropout_rate: float = 0.0,
                  dtype=jnp.float32, out_init_scale: float = 1.0, rngs: nnx.Rngs):
-        if activation not in ("gelu", "swiglu"):
-            raise ValueError(f"unknown MLP activation {activation!r}: use 'gelu' or 'swiglu'")
+        if activation not in ("gelu", "swiglu", "swish"):
+            raise ValueError(f"unknown MLP activation {activation!r}: use 'gelu', 'swiglu' or 'swish'")
         self.activation, self.dropout_rate = activation, dropout_rate
         dense = lambda i, o, ia, oa, s=1.0: Dense((i,), (o,), in_axes=ia, out_axes=oa, dtype=dtype,
                                                   init_scale=s, rngs=rngs)
@@ -28,6 +28,8 @@ class MLP(nnx.Module):
         h = checkpoint_name(self.wi(x), "mlp_in")
         if self.activation == "swiglu":
             h = jax.nn.silu(checkpoint_name(self.wi_gate(x), "mlp_gate")) * h
+        elif self.activation == "swish":
+            h = jax.nn.silu(h)
         else:
             h = jax.nn.gelu(h)
         h = constrain(h, ("batch", "length", "mlp"))

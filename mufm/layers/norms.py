@@ -1,4 +1,5 @@
-"""RMSNorm (pre-norm transformer blocks) and LayerNorm (ported post-LN models such as BERT)."""
+"""RMSNorm (pre-norm transformer blocks) and LayerNorm (conformer blocks, ported post-LN
+models such as BERT)."""
 from __future__ import annotations
 
 import jax
@@ -21,17 +22,20 @@ class RMSNorm(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis (biased variance, as torch)."""
+    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, whose logical name is
+    `axis` (the conformer's conv module normalises its `mlp` channels); biased variance, as
+    torch, and fp32 statistics whatever the compute dtype."""
 
-    def __init__(self, features: int, *, eps: float = 1e-6, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.scale = param(rngs, nnx.initializers.ones, (features,), ("embed",))
-        self.bias = param(rngs, nnx.initializers.zeros, (features,), ("embed",))
+    def __init__(self, features: int, *, eps: float = 1e-6, axis: str = "embed", dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.scale = param(rngs, nnx.initializers.ones, (features,), (axis,))
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (features,), (axis,))
         self.eps, self.dtype = eps, dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # fp32 statistics, as RMSNorm; centred before squaring so a large mean costs no precision.
         x32 = x.astype(jnp.float32)
-        centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        centred = x32 - mean
         var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
         y = centred * jax.lax.rsqrt(var + self.eps)
         return (y * self.scale[...] + self.bias[...]).astype(self.dtype)

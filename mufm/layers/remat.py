@@ -3,7 +3,8 @@
 - none:       keep every activation (fastest, most memory)
 - minimal:    save matmul outputs that have no batch dimension in the contraction
               (`dots_with_no_batch_dims`: all projections), recompute the rest
-- save_proj:  save exactly the named projections (q, k, v, attention out, MLP in/gate/out)
+- save_proj:  save exactly the named projections (q, k, v, attention out, MLP in/gate/out,
+              the conformer conv module's pointwise convs)
 - save_qkv_proj: save only q, k, v projections
 - full:       save nothing inside the block; recompute it all in the backward pass
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import jax
 
-_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "out_proj", "mlp_in", "mlp_gate", "mlp_out")
+# The conformer's conv module adds its pointwise convs (mufm.layers.conformer).
+_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "out_proj", "mlp_in", "mlp_gate", "mlp_out",
+                "conv_value", "conv_gate", "conv_out")
 
 REMAT_POLICIES = {
     "none": None,

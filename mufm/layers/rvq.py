@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mufm.layers.kmeans import kmeans, sample_frames, sq_distances
 from mufm.parallel.logical import constrain
 
 
@@ -35,65 +36,6 @@ class CodebookState(nnx.Variable):
 
 def _state(value, axes) -> CodebookState:
     return CodebookState(value, out_sharding=tuple(axes), eager_sharding=False)
-
-
-def _sq_distances(x: jax.Array, codebook: jax.Array) -> jax.Array:
-    """[M, D] x [K, D] -> [M, K] squared Euclidean distances (fp32)."""
-    return (jnp.sum(x * x, -1, keepdims=True) - 2.0 * x @ codebook.T
-            + jnp.sum(codebook * codebook, -1)[None, :])
-
-
-def _sample_frames(key, x: jax.Array, weights: jax.Array, n: int) -> jax.Array:
-    """n frames of x [M, D] drawn uniformly with replacement among frames of positive
-    weight (any frame when none has). Draws n integers and binary-searches the running
-    count of active frames: a categorical draw would make n x M Gumbel variates."""
-    active = weights > 0
-    active = jnp.where(jnp.any(active), active, True)
-    running = jnp.cumsum(active.astype(jnp.int32))
-    rank = jax.random.randint(key, (n,), 0, running[-1])
-    return x[jnp.searchsorted(running, rank, side="right")]
-
-
-def kmeans_plus_plus(key, x: jax.Array, weights: jax.Array, k: int) -> jax.Array:
-    """k-means++ seeding: each next centre is a frame drawn with probability proportional
-    to weight x squared distance to the nearest centre so far (O(k * M * D), sequential)."""
-    first_key, key = jax.random.split(key)
-    first = _sample_frames(first_key, x, weights, 1)[0]
-    centroids = jnp.zeros((k, x.shape[-1]), x.dtype).at[0].set(first)
-    nearest = jnp.sum(jnp.square(x - first), -1)
-
-    def pick(i, carry):
-        centroids, nearest = carry
-        score = nearest * weights
-        # All active frames already coincide with centres: fall back to uniform picks.
-        logits = jnp.where(score > 0, jnp.log(jnp.maximum(score, 1e-30)), -jnp.inf)
-        logits = jnp.where(jnp.any(score > 0), logits, jnp.where(weights > 0, 0.0, -jnp.inf))
-        logits = jnp.where(jnp.any(jnp.isfinite(logits)), logits, 0.0)
-        c = x[jax.random.categorical(jax.random.fold_in(key, i), logits)]
-        return centroids.at[i].set(c), jnp.minimum(nearest, jnp.sum(jnp.square(x - c), -1))
-
-    return jax.lax.fori_loop(1, k, pick, (centroids, nearest))[0]
-
-
-def kmeans(key, x: jax.Array, weights: jax.Array, k: int, iters: int):
-    """Weighted Lloyd's k-means with k-means++ seeding (random seeding often puts two
-    centres in one cluster, which Lloyd's iterations never undo).
-
-    Returns (centroids [k, D], cluster sizes [k]). Empty clusters keep their centroid.
-    """
-    centroids = kmeans_plus_plus(key, x, weights, k)
-
-    def assign(c):
-        onehot = jax.nn.one_hot(jnp.argmin(_sq_distances(x, c), -1), k, dtype=x.dtype)
-        onehot = onehot * weights[:, None]
-        return onehot.sum(0), onehot.T @ x
-
-    def step(_, c):
-        counts, sums = assign(c)
-        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-9)[:, None], c)
-
-    centroids = jax.lax.fori_loop(0, iters, step, centroids)
-    return centroids, assign(centroids)[0]
 
 
 class ResidualVectorQuantizer(nnx.Module):
@@ -121,7 +63,7 @@ class ResidualVectorQuantizer(nnx.Module):
         flat = x.reshape(-1, self.dim).astype(jnp.float32)
 
         def level(residual, codebook):
-            codes = jnp.argmin(_sq_distances(residual, codebook), -1).astype(jnp.int32)
+            codes = jnp.argmin(sq_distances(residual, codebook), -1).astype(jnp.int32)
             return residual - codebook[codes], codes
 
         _, codes = jax.lax.scan(level, flat, self.codebook[...][:q])
@@ -179,7 +121,7 @@ class ResidualVectorQuantizer(nnx.Module):
             if train:
                 codebook, count, ema_sum = self._maybe_kmeans(k, residual, w, codebook, count,
                                                               ema_sum, inited)
-            codes = jnp.argmin(_sq_distances(residual, codebook), -1)
+            codes = jnp.argmin(sq_distances(residual, codebook), -1)
             quant = codebook[codes]
             onehot = jax.nn.one_hot(codes, self.codebook_size, dtype=jnp.float32) * w[:, None]
             counts = onehot.sum(0)
@@ -247,7 +189,7 @@ class ResidualVectorQuantizer(nnx.Module):
         smoothed = (new_count + self.epsilon) / (total + k * self.epsilon) * total
         new_book = new_sum / smoothed[:, None]
         dead = new_count < self.dead_threshold
-        fresh = _sample_frames(key, residual, w, k)
+        fresh = sample_frames(key, residual, w, k)
         new_book = jnp.where(dead[:, None], fresh, new_book)
         new_sum = jnp.where(dead[:, None], fresh * self.dead_threshold, new_sum)
         new_count = jnp.where(dead, self.dead_threshold, new_count)

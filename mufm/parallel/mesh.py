@@ -40,6 +40,11 @@ DEFAULT_RULES: Rules = (
     ("channels", None),
     ("time", None),
     ("joint", None),
+    ("mel", None),
+    ("conv_freq", None),
+    ("codebook_groups", None),
+    ("final", None),
+    ("target_length", None),
 )
 
 
