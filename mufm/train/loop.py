@@ -84,10 +84,6 @@ class Program:
         return self.optimizers.tx
 
     @property
-    def make_model(self) -> Callable:
-        return self.task.make_model
-
-    @property
     def batch_shardings(self) -> dict[str, NamedSharding]:
         return {k: v.sharding for k, v in self.batch_spec.items()}
 

@@ -46,12 +46,10 @@ EvalFn = Callable[[Any, dict], Any]
 @dataclasses.dataclass(frozen=True)
 class Optimizers:
     """The one optax transformation the state carries (for several players, a
-    `mufm.train.optim.per_group` of them) and the learning-rate schedule of each player."""
+    `mufm.train.optim.per_group` of them, which updates only the groups a step has
+    gradients for) and the learning-rate schedule of each player."""
     tx: optax.GradientTransformation
     schedules: Mapping[str, optax.Schedule]
-    # The per-player transformations, when `tx` is a per_group (a step updates only the
-    # groups it has gradients for, leaving the others' statistics alone).
-    groups: Mapping[str, optax.GradientTransformation] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
