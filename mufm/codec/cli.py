@@ -192,9 +192,12 @@ def evaluate_cmd(argv) -> int:
     from mufm.codec.evaluate import evaluate_checkpoint
 
     codec = _load(a.checkpoint_dir)  # a clear error before any data is read
-    result = evaluate_checkpoint(codec, a.out_dir, split=a.split,
-                                 clip_seconds=a.clip_seconds, max_clips=a.clips,
-                                 wav_clips=a.wav_clips)
+    try:
+        result = evaluate_checkpoint(codec, a.out_dir, split=a.split,
+                                     clip_seconds=a.clip_seconds, max_clips=a.clips,
+                                     wav_clips=a.wav_clips)
+    except ValueError as e:  # no rate this codec can spend, an empty split
+        raise CliError(str(e)) from None
     with open(result.table_md) as f:
         print(f.read())
     print(f"table: {result.table_md} and {result.table_json}\nreconstructions: {result.wav_dir}")

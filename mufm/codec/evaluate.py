@@ -61,7 +61,13 @@ def evaluate_checkpoint(codec, out_dir: str, *, split: str = "test", clip_second
     cfg = codec.configs["codec"]
     refs, ids = held_out_clips(codec.configs["data"], split, clip_seconds, max_clips,
                                cfg.sample_rate)
-    levels = {k: baselines.bitrate_levels(k, cfg.frame_rate, cfg.codebook_size) for k in kbps}
+    wanted = {k: baselines.bitrate_levels(k, cfg.frame_rate, cfg.codebook_size) for k in kbps}
+    levels = {k: q for k, q in wanted.items() if q <= cfg.num_levels}
+    if not levels:
+        raise ValueError(f"none of the rates {list(kbps)} kbit/s fits this codec's "
+                         f"{cfg.num_levels} levels of {cfg.codebook_size} codes at "
+                         f"{cfg.frame_rate:g} Hz (it spends at most {cfg.bitrate() / 1000:g} kbit/s)")
+    kbps = tuple(levels)  # the rates this codec can spend; the others are not scored
     recons: dict[float, list[np.ndarray]] = {k: [] for k in kbps}
     t0 = time.perf_counter()
     for ref in tqdm(refs, desc="codec", unit="clip"):
