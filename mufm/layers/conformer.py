@@ -45,6 +45,7 @@ from mufm.layers.mlp import MLP
 from mufm.layers.norms import LayerNorm
 from mufm.layers.positions import RelativePositionBias
 from mufm.layers.remat import remat_policy
+from mufm.layers.stack import layer_stack
 from mufm.parallel.logical import constrain
 
 FRAMES = ("batch", "length", "embed")
@@ -167,14 +168,8 @@ class ConformerStack(nnx.Module):
 
     def __init__(self, cfg: ConformerConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        if cfg.scan_layers:
-            @nnx.split_rngs(splits=cfg.num_layers)
-            @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-            def stack(r):
-                return ConformerBlock(cfg, rngs=r)
-            self.blocks = stack(rngs)
-        else:
-            self.blocks = nnx.List([ConformerBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.blocks = layer_stack(lambda r: ConformerBlock(cfg, rngs=r), cfg.num_layers,
+                                  scan=cfg.scan_layers, rngs=rngs)
         self.relpos = RelativePositionBias(cfg.num_heads, num_buckets=cfg.relpos_num_buckets,
                                            max_distance=cfg.relpos_max_distance,
                                            bidirectional=True, rngs=rngs)

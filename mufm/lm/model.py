@@ -22,6 +22,7 @@ from mufm.layers.mlp import MLP
 from mufm.layers.norms import RMSNorm
 from mufm.layers.positions import RelativePositionBias
 from mufm.layers.remat import remat_policy
+from mufm.layers.stack import layer_stack
 from mufm.parallel.logical import constrain
 
 @gin.configurable
@@ -123,14 +124,8 @@ class StageLM(nnx.Module):
         self.cfg = cfg
         dtype = cfg.compute_dtype
         self.embed = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, rngs=rngs)
-        if cfg.scan_layers:
-            @nnx.split_rngs(splits=cfg.num_layers)
-            @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-            def stack(r):
-                return Block(cfg, rngs=r)
-            self.blocks = stack(rngs)
-        else:
-            self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.blocks = layer_stack(lambda r: Block(cfg, rngs=r), cfg.num_layers,
+                                  scan=cfg.scan_layers, rngs=rngs)
         if cfg.position == "relative":
             self.relpos = RelativePositionBias(cfg.num_heads, num_buckets=cfg.relpos_num_buckets,
                                                max_distance=cfg.relpos_max_distance, rngs=rngs)
