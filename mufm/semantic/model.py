@@ -55,9 +55,10 @@ from flax import nnx
 
 from mufm.audio.features import LOG_MEL_FLOOR
 from mufm.layers.conformer import ConformerConfig, ConformerStack, conformer_params
+from mufm.layers.conv2d import Conv2d
 from mufm.layers.dropout import dropout
 from mufm.layers.dtypes import DTYPES
-from mufm.layers.linear import Dense, fan_in_init, param
+from mufm.layers.linear import Dense, param
 from mufm.layers.norms import LayerNorm
 from mufm.layers.spectral import mel_spectrogram
 from mufm.parallel.logical import constrain
@@ -250,23 +251,6 @@ def mlm_cross_entropy(logits: jax.Array, ids: jax.Array, masked: jax.Array
 
 
 # -- modules ------------------------------------------------------------------------------
-class Conv2d(nnx.Module):
-    """3x3 stride-2 conv over [b, time, mel, channels], padded by 1 on every side:
-    a length L becomes ceil(L / 2) (exactly L / 2 for even L)."""
-
-    def __init__(self, c_in: int, c_out: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.kernel = param(rngs, fan_in_init((0, 1, 2), 3), (3, 3, c_in, c_out),
-                            ("conv_width", "conv_freq", "conv_in", "conv_out"))
-        self.bias = param(rngs, nnx.initializers.zeros_init(), (c_out,), ("conv_out",))
-        self.dtype = dtype
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), self.kernel[...].astype(self.dtype), window_strides=(2, 2),
-            padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return constrain(y + self.bias[...].astype(self.dtype), ("batch", "length", "mel", "channels"))
-
-
 class FeatureEncoder(nnx.Module):
     def __init__(self, cfg: SemanticConfig, *, rngs: nnx.Rngs):
         dtype, c = cfg.compute_dtype, cfg.subsample_channels
