@@ -2,7 +2,8 @@
 
 Token tasks (the stage LMs) go through `StageLMFeatureConverter` (`host_batches`); audio
 tasks (the codec) give fixed-length waveform crops (`host_audio_batches`), with
-`sequence_length` read as the crop length in samples.
+`sequence_length` read as the crop length in samples; `host_captioned_audio_batches` gives
+the same crops with each clip's caption, attributes and id (MuLan).
 
 The data is split into `DataConfig.input_shards` seqio shards (default one per host); each
 host reads its own shards and batches `global_batch / process_count` examples (its shards'
@@ -217,4 +218,40 @@ def host_audio_batches(cfg: DataConfig, *, split: str, shuffle: bool, start_batc
                        ) -> Iterator[dict[str, np.ndarray]]:
     ds = make_audio_dataset(cfg, split=split, shuffle=shuffle, start_batch=start_batch,
                             num_epochs=num_epochs, drop_remainder=drop_remainder)
+    return iter(ds.as_numpy_iterator())
+
+
+CAPTION_FEATURES = ("caption", "attributes_json", "clip_id")
+
+
+def make_captioned_audio_dataset(cfg: DataConfig, *, split: str, shuffle: bool,
+                                 start_batch: int = 0, num_epochs: int | None = None,
+                                 drop_remainder: bool = True):
+    """`make_audio_dataset`'s batches plus the text features of each crop's clip: `caption`,
+    `attributes_json` (the corpus's structured fields, "{}" where a source has none) and
+    `clip_id`, as byte strings [b]. Same order, crops and positioning as the audio batches."""
+    import tensorflow as tf
+
+    task = _task(cfg)
+    features = AUDIO_FEATURES + CAPTION_FEATURES
+    missing = [f for f in features if f not in task.output_features]
+    if missing:
+        raise ValueError(f"{cfg.mixture_or_task_name!r} is not a captioned audio task: it has no "
+                         f"{missing} (its features: {sorted(task.output_features)})")
+
+    def shard_dataset(shard):
+        ds = task.get_dataset({"waveform": cfg.sequence_length}, split=split, shuffle=shuffle,
+                              num_epochs=num_epochs, shard_info=shard, seed=cfg.seed,
+                              use_cached=False)
+        return ds.map(lambda ex: {k: ex[k] for k in features},
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    return _batched(shard_dataset, cfg, start_batch, drop_remainder)
+
+
+def host_captioned_audio_batches(cfg: DataConfig, *, split: str, shuffle: bool,
+                                 start_batch: int = 0, num_epochs: int | None = None,
+                                 drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    ds = make_captioned_audio_dataset(cfg, split=split, shuffle=shuffle, start_batch=start_batch,
+                                      num_epochs=num_epochs, drop_remainder=drop_remainder)
     return iter(ds.as_numpy_iterator())

@@ -82,6 +82,9 @@ class TextTowerConfig:
     # True: only the projection trains (the trainer reads TextTower.trainable); the
     # pretrained encoder stays as loaded.
     frozen: bool = True
+    # False: the encoder is never loaded from the MiniLM file and starts random (tests and
+    # smoke runs with a tiny MiniLMConfig, whose shapes the file would not fit).
+    pretrained: bool = True
 
 
 class BertLayer(nnx.Module):
@@ -220,7 +223,7 @@ class TextTower(nnx.Module):
     """MuLan text tower: token ids [b, t], mask [b, t] -> joint embeddings [b, 128], |e| = 1.
 
     `TextTower(cfg, rngs)` loads the MiniLM weights into the encoder (the projection is
-    random); `pretrained=False` leaves the encoder random too, for building from shapes
+    random) unless `cfg.pretrained` is False; `pretrained=False` leaves the encoder random too, for building from shapes
     (`nnx.eval_shape`, the trainer's jitted init), after which `minilm_arrays(tower.encoder)`
     gives the arrays to place. `tokenize(texts)` is the host-side front end.
     """
@@ -231,7 +234,7 @@ class TextTower(nnx.Module):
     def __init__(self, cfg: TextTowerConfig, rngs: nnx.Rngs, *, pretrained: bool = True):
         self.cfg = cfg
         self.encoder = MiniLM(cfg.minilm, rngs=rngs)
-        if pretrained:
+        if pretrained and cfg.pretrained:
             load_minilm(self.encoder)
         self.projection = Dense((cfg.minilm.d_model,), (cfg.joint_dim,), in_axes=("embed",),
                                 out_axes=("joint",), dtype=cfg.minilm.compute_dtype,

@@ -96,7 +96,45 @@ class Program:
         return global_batch({k: host[k] for k in self.batch_spec}, self.mesh, self.rules)
 
     def initialize(self, seed: int) -> TrainState:
-        return initialize(self.task.make_model, self.tx, self.shardings, seed)
+        """A fresh state in its shards, with the task's `pretrained_params` placed."""
+        state = initialize(self.task.make_model, self.tx, self.shardings, seed)
+        return place_params(state, self.task.pretrained_params(), self.shardings)
+
+
+def _path_key(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def place_params(state: TrainState, arrays: Mapping[tuple, np.ndarray],
+                 shardings: TrainState) -> TrainState:
+    """`state` with the parameters at the paths of `arrays` (keys compared as strings)
+    replaced by those host arrays, each built shard by shard in its parameter's sharding
+    (`jax.make_array_from_callback`: every process supplies only its own devices' shards,
+    and no array becomes a compiled constant). Every path must name a parameter of the same
+    shape. Optimizer statistics are left as initialised (Adam's moments start at zero
+    whatever the parameters)."""
+    if not arrays:
+        return state
+    wanted = {tuple(str(k) for k in path): np.asarray(a) for path, a in arrays.items()}
+    found: set[tuple[str, ...]] = set()
+
+    def place(path, leaf, sharding):
+        key = _path_key(path)
+        if key not in wanted:
+            return leaf
+        value = wanted[key]
+        if value.shape != leaf.shape:
+            raise ValueError(f"pretrained parameter {'/'.join(key)}: array {value.shape}, "
+                             f"parameter {leaf.shape}")
+        found.add(key)
+        value = value.astype(leaf.dtype)
+        return jax.make_array_from_callback(leaf.shape, sharding, lambda index: value[index])
+
+    params = jax.tree_util.tree_map_with_path(place, state.params, shardings.params)
+    missing = sorted(set(wanted) - found)
+    if missing:
+        raise KeyError(f"pretrained parameters not in the model: {['/'.join(m) for m in missing]}")
+    return state.replace(params=params)
 
 
 def build_program(task: Task, mesh: MeshConfig, run: RunConfig,

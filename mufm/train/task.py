@@ -10,6 +10,8 @@ solvers:
   is just another step) and `eval_programs` (`(state, batch) -> outputs`);
 - its batches: `batch_spec` (global shapes, for AOT compilation) and `train_batches`
   (host-local numpy batches from a start position, deterministic for resume);
+- parameters that come from outside the run (`pretrained_params`, e.g. MuLan's MiniLM text
+  encoder), placed into the sharded state when a run starts from scratch;
 - its throughput units and model FLOPs per step, and which metrics the progress bar shows;
 - its evaluation (`evaluate`: scalars and audio summaries);
 - how a trained model is rebuilt without gin (`model_configs`, `inference_model`,
@@ -92,6 +94,14 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def make_optimizer(self, train_steps: int) -> Optimizers:
         ...
+
+    def pretrained_params(self) -> Mapping[tuple[str, ...], np.ndarray]:
+        """Host arrays that replace freshly initialised parameters, keyed by their path in
+        the params tree (`("text", "encoder", "layers", "0", "wi", "kernel")`, keys as
+        strings). The trainer places each into its parameter's sharding after initialising
+        (`mufm.train.loop.place_params`); a restored checkpoint already holds them, so this
+        is only called for a run that starts from scratch. Default: none."""
+        return {}
 
     # -- programs ----------------------------------------------------------------------
     @abc.abstractmethod
