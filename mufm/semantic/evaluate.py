@@ -283,9 +283,11 @@ def evaluate_tokens(tok: SemanticTokenizer, corpus_dir: str, out_dir: str, *, co
     for key, name, vocab, ids in rows:
         row = {"key": key, "tokens": name, "K": int(vocab),
                "used": int(len(np.unique(ids[sounding])))}
+        row["entropy_bits"] = _entropy(np.unique(ids[sounding], return_counts=True)[1]) / np.log(2)
         for lab in LABELS:
             y = getattr(labels, lab)[sounding]
             row[f"nmi_{lab}"] = nmi(ids[sounding], y)
+            row[f"mi_{lab}"] = mutual_information(contingency(ids[sounding], y))  # nats
             row[f"purity_{lab}"] = purity(ids[sounding], y)
         clustering.append(row)
 
