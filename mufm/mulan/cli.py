@@ -79,14 +79,16 @@ def _clips(mulan, paths):
     from mufm.mulan.embed import BadInputError
 
     out, bar = [], _bar(len(paths), "embed")
-    for p in paths:
-        wave = read_audio(p, mulan.audio_cfg.sample_rate)
-        try:
-            out.append(mulan.embed_clip(wave))
-        except BadInputError as e:
-            raise CliError(f"{p}: {e}") from None
-        bar.update(1)
-    bar.close()
+    try:
+        for p in paths:
+            wave = read_audio(p, mulan.audio_cfg.sample_rate)
+            try:
+                out.append(mulan.embed_clip(wave))
+            except BadInputError as e:
+                raise CliError(f"{p}: {e}") from None
+            bar.update(1)
+    finally:
+        bar.close()  # before the error line, so that line is the last one
     return np.stack(out)
 
 

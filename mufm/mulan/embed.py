@@ -81,8 +81,10 @@ class MuLan:
     def truncated(self, captions: Sequence[str]) -> list[bool]:
         """Whether each caption loses word pieces to the `caption_tokens` limit."""
         m = self.model.cfg.text.minilm
-        ids, _ = tokenize(list(captions), max_length=m.max_length, backend=m.tokenizer,
-                          weights_dir=m.weights_dir)
+        # One piece past the limit is enough to tell (and works whatever the tower's own
+        # max_length, which a tiny tower may set below caption_tokens).
+        ids, _ = tokenize(list(captions), max_length=self.caption_tokens + 1,
+                          backend=m.tokenizer, weights_dir=m.weights_dir)
         return [int(np.sum(r != 0)) > self.caption_tokens for r in ids]
 
     def embed_text(self, captions: Sequence[str], batch: int = 256) -> np.ndarray:
