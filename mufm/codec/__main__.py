@@ -14,32 +14,17 @@ from __future__ import annotations
 import logging
 import sys
 
+from mufm.commands import dispatch
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "train":
-        return _train(rest)
+
+def _commands():
     from mufm.codec import cli
 
-    if command not in cli.COMMANDS:
-        print(f"mufm.codec: unknown command {command!r}; use one of train, "
-              f"{', '.join(cli.COMMANDS)}", file=sys.stderr)
-        return 2
-    return cli.COMMANDS[command](rest)
+    return cli.COMMANDS
 
 
-def _train(argv) -> int:
-    """An alias of `python -m mufm.train` (the codec trains through the shared trainer)."""
-    from mufm.gin_flags import run_cli
-    from mufm.train.loop import train
-
-    return run_cli(train, argv, "mufm.codec train")
+def main(argv=None) -> int:
+    return dispatch("mufm.codec", __doc__, _commands, argv, log_level=logging.INFO)
 
 
 if __name__ == "__main__":

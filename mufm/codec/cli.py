@@ -15,11 +15,9 @@ import sys
 
 import numpy as np
 
+from mufm.commands import CliError, command_table
+
 CODES_VERSION = 1
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
 
 
 def _parser(command: str, *, wav_in: bool, wav_out: bool) -> argparse.ArgumentParser:
@@ -204,16 +202,9 @@ def evaluate_cmd(argv) -> int:
     return 0
 
 
-def _guarded(fn):
-    def run(argv) -> int:
-        try:
-            return fn(argv)
-        except CliError as e:
-            print(f"mufm.codec: error: {e}", file=sys.stderr)
-            return 2
-    return run
-
-
-COMMANDS = {name: _guarded(fn) for name, fn in
-            (("encode", encode_cmd), ("decode", decode_cmd), ("roundtrip", roundtrip_cmd),
-             ("evaluate", evaluate_cmd))}
+COMMANDS = command_table("mufm.codec", (
+    ("encode", encode_cmd),
+    ("decode", decode_cmd),
+    ("roundtrip", roundtrip_cmd),
+    ("evaluate", evaluate_cmd),
+))

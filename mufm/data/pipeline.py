@@ -187,57 +187,27 @@ def host_batches(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int
 
 
 AUDIO_FEATURES = ("waveform", "waveform_length")
-
-
-def make_audio_dataset(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int = 0,
-                       num_epochs: int | None = None, drop_remainder: bool = True):
-    """Host-local batches of {waveform: float32 [b, crop], waveform_length: int32 [b]} from an
-    audio task (`mufm.data.tasks`), crops of `cfg.sequence_length` samples, positioned at
-    `start_batch` (deterministic for `cfg.seed`, like `make_dataset`). With
-    `drop_remainder=False` (a finite evaluation pass) the last batch may be smaller."""
-    import seqio
-    import tensorflow as tf
-
-    task = _task(cfg)
-    missing = [f for f in AUDIO_FEATURES if f not in task.output_features]
-    if missing:
-        raise ValueError(f"{cfg.mixture_or_task_name!r} is not an audio task: it has no {missing} "
-                         f"(its features: {sorted(task.output_features)})")
-    def shard_dataset(shard):
-        ds = task.get_dataset({"waveform": cfg.sequence_length}, split=split, shuffle=shuffle,
-                              num_epochs=num_epochs, shard_info=shard, seed=cfg.seed,
-                              use_cached=False)
-        return ds.map(lambda ex: {k: ex[k] for k in AUDIO_FEATURES},
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-    return _batched(shard_dataset, cfg, start_batch, drop_remainder)
-
-
-def host_audio_batches(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int = 0,
-                       num_epochs: int | None = None, drop_remainder: bool = True
-                       ) -> Iterator[dict[str, np.ndarray]]:
-    ds = make_audio_dataset(cfg, split=split, shuffle=shuffle, start_batch=start_batch,
-                            num_epochs=num_epochs, drop_remainder=drop_remainder)
-    return iter(ds.as_numpy_iterator())
-
-
 CAPTION_FEATURES = ("caption", "attributes_json", "clip_id")
 
 
-def make_captioned_audio_dataset(cfg: DataConfig, *, split: str, shuffle: bool,
-                                 start_batch: int = 0, num_epochs: int | None = None,
-                                 drop_remainder: bool = True):
-    """`make_audio_dataset`'s batches plus the text features of each crop's clip: `caption`,
-    `attributes_json` (the corpus's structured fields, "{}" where a source has none) and
-    `clip_id`, as byte strings [b]. Same order, crops and positioning as the audio batches."""
+def make_audio_dataset(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int = 0,
+                       num_epochs: int | None = None, drop_remainder: bool = True,
+                       features: tuple[str, ...] = AUDIO_FEATURES):
+    """Host-local batches of {waveform: float32 [b, crop], waveform_length: int32 [b]} from an
+    audio task (`mufm.data.tasks`), crops of `cfg.sequence_length` samples, positioned at
+    `start_batch` (deterministic for `cfg.seed`, like `make_dataset`). With
+    `drop_remainder=False` (a finite evaluation pass) the last batch may be smaller.
+    `features` names the task features each batch keeps (`AUDIO_FEATURES +
+    CAPTION_FEATURES` adds each crop's caption, attributes and clip id as byte strings [b];
+    the crops and their order do not depend on it)."""
     import tensorflow as tf
 
     task = _task(cfg)
-    features = AUDIO_FEATURES + CAPTION_FEATURES
     missing = [f for f in features if f not in task.output_features]
     if missing:
-        raise ValueError(f"{cfg.mixture_or_task_name!r} is not a captioned audio task: it has no "
-                         f"{missing} (its features: {sorted(task.output_features)})")
+        kind = "an audio" if set(missing) & set(AUDIO_FEATURES) else "a captioned audio"
+        raise ValueError(f"{cfg.mixture_or_task_name!r} is not {kind} task: it has no {missing} "
+                         f"(its features: {sorted(task.output_features)})")
 
     def shard_dataset(shard):
         ds = task.get_dataset({"waveform": cfg.sequence_length}, split=split, shuffle=shuffle,
@@ -249,9 +219,16 @@ def make_captioned_audio_dataset(cfg: DataConfig, *, split: str, shuffle: bool,
     return _batched(shard_dataset, cfg, start_batch, drop_remainder)
 
 
-def host_captioned_audio_batches(cfg: DataConfig, *, split: str, shuffle: bool,
-                                 start_batch: int = 0, num_epochs: int | None = None,
-                                 drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
-    ds = make_captioned_audio_dataset(cfg, split=split, shuffle=shuffle, start_batch=start_batch,
-                                      num_epochs=num_epochs, drop_remainder=drop_remainder)
+def host_audio_batches(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int = 0,
+                       num_epochs: int | None = None, drop_remainder: bool = True,
+                       features: tuple[str, ...] = AUDIO_FEATURES
+                       ) -> Iterator[dict[str, np.ndarray]]:
+    ds = make_audio_dataset(cfg, split=split, shuffle=shuffle, start_batch=start_batch,
+                            num_epochs=num_epochs, drop_remainder=drop_remainder,
+                            features=features)
     return iter(ds.as_numpy_iterator())
+
+
+def host_captioned_audio_batches(cfg: DataConfig, **kwargs) -> Iterator[dict[str, np.ndarray]]:
+    """`host_audio_batches` with each crop's caption, attributes and clip id (MuLan)."""
+    return host_audio_batches(cfg, features=AUDIO_FEATURES + CAPTION_FEATURES, **kwargs)

@@ -1,5 +1,6 @@
 """python -m mufm.mulan COMMAND ...
 
+  train      (alias of python -m mufm.train) --gin_file=experiments/mulan_corpus_cpu.gin --gin.MODEL_DIR=\"runs/mulan\" [--gin.X=Y]
   embed      --checkpoint_dir=DIR (--text=CAPTION ... | --audio=FILE ...) --out=emb.npy
   tokens     --checkpoint_dir=DIR (--text=CAPTION ... | --audio=FILE ...)   12 ids per input
   search     --checkpoint_dir=DIR --folder=AUDIO_DIR --query=TEXT [--top=10]
@@ -15,21 +16,17 @@ from __future__ import annotations
 import logging
 import sys
 
+from mufm.commands import dispatch
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
+
+def _commands():
     from mufm.mulan import cli
 
-    command, rest = argv[0], argv[1:]
-    if command not in cli.COMMANDS:
-        print(f"mufm.mulan: error: unknown command {command!r}; one of {sorted(cli.COMMANDS)}",
-              file=sys.stderr)
-        return 2
-    return cli.COMMANDS[command](rest)
+    return cli.COMMANDS
+
+
+def main(argv=None) -> int:
+    return dispatch("mufm.mulan", __doc__, _commands, argv, log_level=logging.WARNING)
 
 
 if __name__ == "__main__":

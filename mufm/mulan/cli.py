@@ -15,11 +15,9 @@ import sys
 
 import numpy as np
 
+from mufm.commands import CliError, command_table
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aiff", ".aif", ".opus")
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -227,16 +225,10 @@ def evaluate_cmd(argv) -> int:
     return 0
 
 
-def _guarded(fn):
-    def run(argv) -> int:
-        try:
-            return fn(argv)
-        except CliError as e:
-            print(f"mufm.mulan: error: {e}", file=sys.stderr)
-            return 2
-    return run
-
-
-COMMANDS = {name: _guarded(fn) for name, fn in
-            (("embed", embed_cmd), ("tokens", tokens_cmd), ("search", search_cmd),
-             ("fit_tokens", fit_tokens_cmd), ("evaluate", evaluate_cmd))}
+COMMANDS = command_table("mufm.mulan", (
+    ("embed", embed_cmd),
+    ("tokens", tokens_cmd),
+    ("search", search_cmd),
+    ("fit_tokens", fit_tokens_cmd),
+    ("evaluate", evaluate_cmd),
+))

@@ -14,26 +14,17 @@ from __future__ import annotations
 import logging
 import sys
 
+from mufm.commands import dispatch
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "train":
-        from mufm.gin_flags import run_cli
-        from mufm.train.loop import train
 
-        return run_cli(train, rest, "mufm.semantic train")
+def _commands():
     from mufm.semantic import cli
 
-    if command not in cli.COMMANDS:
-        print(f"mufm.semantic: unknown command {command!r}; use one of train, "
-              f"{', '.join(cli.COMMANDS)}", file=sys.stderr)
-        return 2
-    return cli.COMMANDS[command](rest)
+    return cli.COMMANDS
+
+
+def main(argv=None) -> int:
+    return dispatch("mufm.semantic", __doc__, _commands, argv, log_level=logging.WARNING)
 
 
 if __name__ == "__main__":

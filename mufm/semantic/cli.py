@@ -15,9 +15,7 @@ import sys
 
 import numpy as np
 
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+from mufm.commands import CliError, command_table
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -196,15 +194,8 @@ def evaluate_cmd(argv) -> int:
     return 0
 
 
-def _guarded(fn):
-    def run(argv) -> int:
-        try:
-            return fn(argv)
-        except CliError as e:
-            print(f"mufm.semantic: error: {e}", file=sys.stderr)
-            return 2
-    return run
-
-
-COMMANDS = {name: _guarded(fn) for name, fn in
-            (("fit_kmeans", fit_kmeans_cmd), ("encode", encode_cmd), ("evaluate", evaluate_cmd))}
+COMMANDS = command_table("mufm.semantic", (
+    ("fit_kmeans", fit_kmeans_cmd),
+    ("encode", encode_cmd),
+    ("evaluate", evaluate_cmd),
+))
