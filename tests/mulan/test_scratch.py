@@ -290,3 +290,14 @@ def test_trained_run_reloads_from_its_model_dir(trained, tmp_path):
     os.remove(spm.spm_path(moved))
     with pytest.raises(FileNotFoundError, match="sentencepiece model"):
         MuLan.load(moved)
+
+
+def test_train_captions_read_the_whole_train_split_up_to_the_cap(tmp_path):
+    """The real reader (seqio, unsharded) on the synthetic audio task, whose train split is
+    endless: it stops at max_fit_captions."""
+    text = dataclasses.replace(TEXT, scratch=dataclasses.replace(SCRATCH, max_fit_captions=5))
+    task = dataclasses.replace(
+        task_for(str(tmp_path), MuLanConfig(audio=AUDIO, text=text)),
+        data=DataConfig(mixture_or_task_name="mufm_synthetic_audio", sequence_length=2400,
+                        batch_size=B, input_shards=4, task_modules=("mufm.data.synthetic_audio",)))
+    assert task.train_captions() == ["synthetic harmonic notes"] * 5
