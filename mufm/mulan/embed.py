@@ -16,7 +16,9 @@ finite, tested); the CLI refuses silent files, whose embedding says nothing abou
 
 Captions (`embed_text`): tokenised to the run's `caption_tokens` (64): longer captions keep
 their first 62 word pieces (the documented truncation of mufm/mulan/tokenizer.py); `
-truncated(captions)` says which ones were cut. An empty caption is a `BadInputError`.
+truncated(captions)` says which ones were cut. An empty caption is a `BadInputError`. A
+run with the scratch text tower tokenises with its own sentencepiece model,
+`<MODEL_DIR>/text_tokenizer/spm.model` (mufm/mulan/spm.py): `load` needs nothing else.
 """
 from __future__ import annotations
 
@@ -64,27 +66,39 @@ class MuLan:
         from mufm.train.restore import load
 
         loaded = load(model_dir, step, family="mulan")
+        text_cfg = loaded.configs["model"].text
+        if text_cfg.kind == "scratch":
+            from mufm.mulan.spm import spm_path
+            from mufm.train.restore import CheckpointNotFoundError
+
+            path = spm_path(loaded.model_dir)
+            if not os.path.isfile(path):
+                raise CheckpointNotFoundError(f"{model_dir}: a scratch text tower run without its "
+                                              f"sentencepiece model {path}")
         tokens_dir = os.path.join(loaded.model_dir, TOKENS_DIR)
         tokens = MuLanTokens.load(tokens_dir) if os.path.isdir(tokens_dir) else None
         return cls(model=loaded.module(), caption_tokens=int(loaded.configs["caption_tokens"]),
                    batch=batch, tokens=tokens, model_dir=loaded.model_dir)
 
     # -- text ---------------------------------------------------------------------------
+    def tokenizer_kwargs(self) -> dict:
+        """`tokenize`'s arguments for this model's tower: MiniLM's files, or the scratch
+        tower's sentencepiece model in `model_dir` (mufm/mulan/spm.py)."""
+        return self.model.cfg.text.tokenizer_kwargs(self.model_dir)
+
     def tokenize(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        m = self.model.cfg.text.minilm
+        kwargs = self.tokenizer_kwargs()
         try:
-            return tokenize(list(captions), max_length=m.max_length, length=self.caption_tokens,
-                            backend=m.tokenizer, weights_dir=m.weights_dir)
+            return tokenize(list(captions), length=self.caption_tokens, **kwargs)
         except (ValueError, TypeError) as e:
             raise BadInputError(str(e)) from None
 
     def truncated(self, captions: Sequence[str]) -> list[bool]:
         """Whether each caption loses word pieces to the `caption_tokens` limit."""
-        m = self.model.cfg.text.minilm
         # One piece past the limit is enough to tell (and works whatever the tower's own
         # max_length, which a tiny tower may set below caption_tokens).
-        ids, _ = tokenize(list(captions), max_length=self.caption_tokens + 1,
-                          backend=m.tokenizer, weights_dir=m.weights_dir)
+        kwargs = dict(self.tokenizer_kwargs(), max_length=self.caption_tokens + 1)
+        ids, _ = tokenize(list(captions), **kwargs)
         return [int(np.sum(r != 0)) > self.caption_tokens for r in ids]
 
     def embed_text(self, captions: Sequence[str], batch: int = 256) -> np.ndarray:

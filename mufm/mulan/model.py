@@ -5,7 +5,7 @@ temperature of the contrastive loss (mufm/mulan/losses.py).
     ids    [b, L] + mask [b, L]      -> TextTower  (text.py)   -> t [b, 128], |t| = 1
     loss = symmetric InfoNCE(a, t) at scale exp(min(log_scale, ln 100))
 
-The text tower is built without reading the MiniLM file (`pretrained=False`): the model is
+The text tower (MiniLM or scratch, `TextTowerConfig.kind`) is built without reading the MiniLM file (`pretrained=False`): the model is
 built from shapes by the trainer, and `MuLanTask.pretrained_params` hands the file's arrays
 to the trainer, which places them into the sharded state (mufm/train/loop.py). A trained
 model loads its text weights from its checkpoint like every other parameter.
@@ -98,10 +98,10 @@ def frozen_labels(cfg: MuLanConfig, params):
 
 
 def text_flops(cfg: TextTowerConfig, batch: int, length: int) -> float:
-    """Forward FLOPs of the text tower on [batch, length] tokens: MiniLM's per-token
-    matmuls (4 d^2 attention + 2 d d_ff FFN per layer), attention scores and mixing
-    (4 L d per token per layer), and the projection."""
-    m = cfg.minilm
+    """Forward FLOPs of the text tower on [batch, length] tokens: the encoder's per-token
+    matmuls (4 d^2 attention + 2 d d_ff FFN per layer, MiniLM and scratch alike), attention
+    scores and mixing (4 L d per token per layer), and the projection."""
+    m = cfg.encoder
     per_token = m.num_layers * (2 * (4 * m.d_model ** 2 + 2 * m.d_model * m.d_ff)
                                 + 4 * length * m.d_model)
     return float(batch * (length * per_token + 2 * m.d_model * cfg.joint_dim))

@@ -16,7 +16,10 @@ and `optax.multi_transform` gives it `set_to_zero` (no Adam moments are kept for
 everything else (the audio tower, the text projection, the temperature) trains.
 
 The pretrained MiniLM weights enter through `pretrained_params`: the trainer builds the
-state from shapes, then places the file's arrays into the encoder's shardings.
+state from shapes, then places the file's arrays into the encoder's shardings. The scratch
+text tower (`TextTowerConfig.kind='scratch'`) has none; its sentencepiece model is fitted
+on the train split's captions into `<model_dir>/text_tokenizer/spm.model` the first time the
+task tokenizes (the first training batch) and read from there on resume (mufm/mulan/spm.py).
 
 Evaluation (`evaluate`, every `eval_every` steps): the eval program gives the embeddings of
 `eval_batches` batches of the eval split (captions unaugmented), and the figures are
@@ -30,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from typing import Any, Iterator, Mapping
 
 import gin
@@ -124,6 +128,11 @@ class MuLanTask(Task):
     optimizer: OptimizerConfig = gin.REQUIRED
     augment: CaptionAugmentConfig = CaptionAugmentConfig()
     caption_tokens: int = 64  # ids per caption, [CLS] and [SEP] included; longer ones truncated
+    # The run's MODEL_DIR (`MuLanTask.model_dir = %MODEL_DIR`, bound by the scratch model
+    # configs): where the scratch text tower's sentencepiece model is fitted and found
+    # (mufm/mulan/spm.py). Must equal RunConfig.model_dir with kind='scratch'; unused by
+    # MiniLM. Not part of model_configs(): a trained run finds the model in its own dir.
+    model_dir: str = ""
 
     family = "mulan"
     progress_metrics = ("loss", "audio_to_text_accuracy", "text_to_audio_accuracy", "temperature")
@@ -144,9 +153,19 @@ class MuLanTask(Task):
             # Micro-batches would shrink the negatives to one slice each.
             raise GinConfigError(f"MuLanTask.optimizer.grad_accum_steps="
                                  f"{self.optimizer.grad_accum_steps} is not supported")
-        if not 2 < self.caption_tokens <= self.model.text.minilm.max_length:
+        text = self.model.text
+        limit = f"{'ScratchTextConfig' if text.kind == 'scratch' else 'MiniLMConfig'}.max_length"
+        if not 2 < self.caption_tokens <= text.max_length:
             raise GinConfigError(f"MuLanTask.caption_tokens={self.caption_tokens} must lie in "
-                                 f"(2, MiniLMConfig.max_length={self.model.text.minilm.max_length}]")
+                                 f"(2, {limit}={text.max_length}]")
+        if text.kind == "scratch":
+            if not self.model_dir:
+                raise GinConfigError("TextTowerConfig.kind='scratch' fits its sentencepiece model "
+                                     "into the run: bind MuLanTask.model_dir = %MODEL_DIR")
+            if os.path.abspath(self.model_dir) != os.path.abspath(run.model_dir):
+                raise GinConfigError(f"MuLanTask.model_dir={self.model_dir!r} is not the run's "
+                                     f"RunConfig.model_dir={run.model_dir!r}: bind "
+                                     "MuLanTask.model_dir = %MODEL_DIR")
 
     def make_model(self, rngs):
         return MuLanModel(self.model, rngs=rngs)
@@ -159,7 +178,7 @@ class MuLanTask(Task):
 
     def pretrained_params(self) -> Mapping[tuple[str, ...], np.ndarray]:
         text = self.model.text
-        if not text.pretrained:
+        if text.kind != "minilm" or not text.pretrained:
             return {}
         from flax import nnx
 
@@ -184,10 +203,37 @@ class MuLanTask(Task):
                 "text_ids": jax.ShapeDtypeStruct((b, L), np.int32),
                 "text_mask": jax.ShapeDtypeStruct((b, L), np.int32)}
 
+    def train_captions(self) -> list[str]:
+        """The captions of the whole train split (every input shard, whatever this host
+        reads), unshuffled, at most `ScratchTextConfig.max_fit_captions`: what the scratch
+        tower's sentencepiece model is fitted on. Reads the split once, audio included."""
+        from mufm.data.pipeline import _task
+
+        limit = self.model.text.scratch.max_fit_captions
+        ds = _task(self.data).get_dataset({"waveform": self.data.sequence_length},
+                                          split=self.data.train_split, shuffle=False,
+                                          num_epochs=1, seed=self.data.seed, use_cached=False)
+        ds = ds.map(lambda ex: ex["caption"]).take(limit)
+        captions = [c.decode("utf-8") for c in ds.as_numpy_iterator()]
+        log.info("read %d train captions to fit the text tokenizer", len(captions))
+        return captions
+
+    def tokenizer_kwargs(self) -> dict:
+        """`tokenize`'s arguments for this task's text tower. Scratch: the run's
+        sentencepiece model, fitted on `train_captions()` the first time (a fresh run) and
+        read from MODEL_DIR afterwards (a resumed run, every later call)."""
+        text = self.model.text
+        if text.kind == "scratch":
+            if not self.model_dir:
+                raise GinConfigError("the scratch text tower needs MuLanTask.model_dir "
+                                     "(= %MODEL_DIR) to find its sentencepiece model")
+            from mufm.mulan import spm
+
+            spm.ensure(self.model_dir, text.scratch, self.train_captions)
+        return text.tokenizer_kwargs(self.model_dir)
+
     def tokenize(self, captions) -> tuple[np.ndarray, np.ndarray]:
-        m = self.model.text.minilm
-        return tokenize(list(captions), max_length=m.max_length, length=self.caption_tokens,
-                        backend=m.tokenizer, weights_dir=m.weights_dir)
+        return tokenize(list(captions), length=self.caption_tokens, **self.tokenizer_kwargs())
 
     def text_batch(self, host: dict, *, step: int | None) -> dict[str, np.ndarray]:
         """A host batch with `text_ids` / `text_mask`; `step` None: captions as they are."""

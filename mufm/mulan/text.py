@@ -1,4 +1,16 @@
-"""MuLan's text tower: pretrained MiniLM-L6 (all-MiniLM-L6-v2) and a projection to 128-d.
+"""MuLan's text tower: an encoder (pretrained MiniLM-L6 or a small transformer trained from
+scratch) and a projection to the 128-d joint space.
+
+Two encoders, chosen by `TextTowerConfig.kind`:
+- `minilm` (default): the pretrained English sentence encoder below, WordPiece tokens;
+- `scratch`: `ScratchEncoder`, a small pre-LN transformer over the ids of a sentencepiece
+  model fitted on the run's own train captions (mufm/mulan/spm.py: where the model lives and
+  when it is fitted), for captions that are not English or runs that want no outside
+  weights. Token + learned position embeddings, `num_layers` pre-LN layers (the shared
+  `mufm.layers` Attention without RoPE and GELU MLP), a final LayerNorm, mean pooling over
+  the non-pad tokens. Every parameter is random at the start and trains: `frozen=True`
+  (which would train the projection alone over a random encoder) and `pretrained=True`
+  (there is no file to load) are config errors with `kind='scratch'`.
 
 `MiniLM` is a Flax NNX port of the BERT encoder behind sentence-transformers'
 all-MiniLM-L6-v2 and of its pipeline: word + position + token-type embeddings, LayerNorm
@@ -23,10 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mufm.layers.attention import NEG_INF, attention_core
+from mufm.layers.attention import NEG_INF, Attention, attention_core
 from mufm.layers.dropout import dropout
 from mufm.layers.dtypes import DTYPES
 from mufm.layers.linear import Dense, Embed, param
+from mufm.layers.mlp import MLP
 from mufm.layers.norms import LayerNorm
 from mufm.mulan import tokenizer as tokenizer_lib
 from mufm.mulan import weights as weights_lib
@@ -74,17 +87,115 @@ class MiniLMConfig:
         return DTYPES[self.dtype]
 
 
+SPM_MODEL_TYPES = ("unigram", "bpe")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ScratchTextConfig:
+    """The `scratch` text tower: its sentencepiece model (fitted by mufm/mulan/spm.py) and
+    its encoder's sizes."""
+    # sentencepiece: exactly vocab_size pieces (the embedding table's rows), pad/unk/bos/eos
+    # included. Measured on the `medium` corpus's 1311 train captions: BPE 2000 gives 34
+    # pieces per caption on average (51 at most, under caption_tokens 64; MiniLM's WordPiece
+    # 31); unigram supports at most 782 pieces there and gives ~55 per caption at 768.
+    vocab_size: int = 2000
+    model_type: str = "bpe"  # bpe | unigram
+    # Fraction of the captions' characters the pieces must cover: 1.0 for small alphabets;
+    # sentencepiece recommends 0.9995 for Chinese / Japanese, the rest mapping to unk.
+    character_coverage: float = 1.0
+    # Train captions read to fit it at most (the seqio split may be endless, e.g. synthetic).
+    max_fit_captions: int = 200_000
+    d_model: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    d_ff: int = 1024
+    # Tokens per caption, bos and eos included: the learned position table's rows.
+    max_length: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_eps: float = 1e-6
+    dtype: str = "float32"  # compute dtype; params stay fp32
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"ScratchTextConfig.dtype={self.dtype!r}: use one of {sorted(DTYPES)}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"ScratchTextConfig.d_model={self.d_model} is not divisible by "
+                             f"num_heads={self.num_heads}")
+        if self.model_type not in SPM_MODEL_TYPES:
+            raise ValueError(f"ScratchTextConfig.model_type={self.model_type!r}: use one of "
+                             f"{SPM_MODEL_TYPES}")
+        if self.vocab_size <= 4:  # pad, unk, bos, eos
+            raise ValueError(f"ScratchTextConfig.vocab_size={self.vocab_size} leaves no piece "
+                             "beside pad / unk / bos / eos")
+        if not 0 < self.character_coverage <= 1:
+            raise ValueError(f"ScratchTextConfig.character_coverage={self.character_coverage} "
+                             "must lie in (0, 1]")
+        if self.max_length <= 2:
+            raise ValueError(f"ScratchTextConfig.max_length={self.max_length} must be > 2")
+        if self.max_fit_captions < 1:
+            raise ValueError("ScratchTextConfig.max_fit_captions must be >= 1")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+
+TEXT_TOWER_KINDS = ("minilm", "scratch")
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TextTowerConfig:
     minilm: MiniLMConfig = MiniLMConfig()
     joint_dim: int = 128  # MuLan's joint embedding space
     # True: only the projection trains (the trainer reads TextTower.trainable); the
-    # pretrained encoder stays as loaded.
+    # pretrained encoder stays as loaded. MiniLM only: False with kind='scratch'.
     frozen: bool = True
     # False: the encoder is never loaded from the MiniLM file and starts random (tests and
-    # smoke runs with a tiny MiniLMConfig, whose shapes the file would not fit).
+    # smoke runs with a tiny MiniLMConfig, whose shapes the file would not fit). MiniLM
+    # only: False with kind='scratch'.
     pretrained: bool = True
+    # Which encoder: 'minilm' (the fields above) or 'scratch' (`scratch`, module doc).
+    kind: str = "minilm"
+    scratch: ScratchTextConfig = ScratchTextConfig()
+
+    def __post_init__(self):
+        if self.kind not in TEXT_TOWER_KINDS:
+            raise ValueError(f"TextTowerConfig.kind={self.kind!r}: use one of {TEXT_TOWER_KINDS}")
+        if self.kind == "scratch" and (self.frozen or self.pretrained):
+            # Both default to True for MiniLM; a scratch encoder starts random, so freezing
+            # it would train a projection of noise and there is no file to load.
+            raise ValueError("TextTowerConfig.kind='scratch' trains its encoder from random: set "
+                             "TextTowerConfig.frozen = False and TextTowerConfig.pretrained = "
+                             f"False (got frozen={self.frozen}, pretrained={self.pretrained})")
+
+    @property
+    def encoder(self) -> "MiniLMConfig | ScratchTextConfig":
+        """The active encoder's config (both have d_model, num_layers, d_ff, max_length)."""
+        return self.scratch if self.kind == "scratch" else self.minilm
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    def tokenizer_kwargs(self, model_dir: str | None = None) -> dict:
+        """The keyword arguments of `tokenizer.tokenize` for this tower: MiniLM's backend and
+        files, or the sentencepiece model of the run at `model_dir` (required then)."""
+        if self.kind == "scratch":
+            if not model_dir:
+                raise ValueError("the scratch text tower tokenizes with its run's sentencepiece "
+                                 "model: give the run's MODEL_DIR")
+            from mufm.mulan.spm import spm_path
+
+            return {"max_length": self.scratch.max_length, "backend": "sentencepiece",
+                    "spm_path": spm_path(model_dir)}
+        m = self.minilm
+        return {"max_length": m.max_length, "backend": m.tokenizer, "weights_dir": m.weights_dir}
 
 
 class BertLayer(nnx.Module):
@@ -219,13 +330,78 @@ def load_minilm(encoder: MiniLM, tensors: dict[str, np.ndarray] | None = None) -
     return encoder
 
 
+class ScratchLayer(nnx.Module):
+    """One pre-LN transformer layer: x += Attn(LN(x)); x += MLP(LN(x)) (dropout on both
+    residual branches and inside the attention and MLP)."""
+
+    def __init__(self, cfg: ScratchTextConfig, *, rngs: nnx.Rngs):
+        dtype = cfg.compute_dtype
+        self.attn_norm = LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.attention = Attention(cfg.d_model, cfg.num_heads, cfg.head_dim, use_rope=False,
+                                   dropout_rate=cfg.dropout_rate, dtype=dtype, rngs=rngs)
+        self.mlp_norm = LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(cfg.d_model, cfg.d_ff, activation="gelu", dropout_rate=cfg.dropout_rate,
+                       dtype=dtype, rngs=rngs)
+        self.dropout_rate = cfg.dropout_rate
+
+    def __call__(self, x: jax.Array, positions: jax.Array, bias: jax.Array,
+                 key: jax.Array | None = None) -> jax.Array:
+        keys = [None] * 4 if key is None else list(jax.random.split(key, 4))
+        h, _ = self.attention(self.attn_norm(x), positions=positions, bias=bias, key=keys[0])
+        x = constrain(x + dropout(h, self.dropout_rate, keys[1]), ("batch", "length", "embed"))
+        h = self.mlp(self.mlp_norm(x), keys[2])
+        return constrain(x + dropout(h, self.dropout_rate, keys[3]), ("batch", "length", "embed"))
+
+
+class ScratchEncoder(nnx.Module):
+    """sentencepiece ids [b, t] + mask [b, t] -> mean-pooled states [b, d_model] (not unit
+    norm: the final LayerNorm already bounds their scale)."""
+
+    def __init__(self, cfg: ScratchTextConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dtype = cfg.compute_dtype
+        self.word_embed = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, rngs=rngs)
+        # Indexed, not multiplied: the position rows stay whole ("length" maps to no mesh
+        # axis), as MiniLM's table.
+        self.position_embed = param(rngs, nnx.initializers.normal(stddev=0.02),
+                                    (cfg.max_length, cfg.d_model), ("length", "embed"))
+        self.layers = nnx.List([ScratchLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
+
+    def encode(self, token_ids: jax.Array, mask: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """The final-normed token states [b, t, d] (pad positions included, unmasked)."""
+        b, t = token_ids.shape
+        if t > self.cfg.max_length:
+            raise ValueError(f"{t} tokens exceed ScratchTextConfig.max_length="
+                             f"{self.cfg.max_length}")
+        dtype = self.cfg.compute_dtype
+        # Embed's table is N(0, 1): with learned positions of 0.02 the token dominates at
+        # the start; the pre-LN layers see it normalised either way.
+        x = self.word_embed(token_ids) + self.position_embed[:t].astype(dtype)
+        keys = [None] * (len(self.layers) + 1) if key is None else list(
+            jax.random.split(key, len(self.layers) + 1))
+        x = dropout(x, self.cfg.dropout_rate, keys[-1])
+        # Keys at pad positions are masked for every query; pad queries compute garbage
+        # that mean pooling never reads.
+        bias = jnp.where(mask[:, None, None, :] > 0, 0.0, NEG_INF).astype(jnp.float32)
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))  # unused: no RoPE
+        for layer, k in zip(self.layers, keys):
+            x = layer(x, positions, bias, k)
+        return self.final_norm(x)
+
+    def __call__(self, token_ids: jax.Array, mask: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        return constrain(mean_pool(self.encode(token_ids, mask, key), mask), ("batch", "embed"))
+
+
 class TextTower(nnx.Module):
     """MuLan text tower: token ids [b, t], mask [b, t] -> joint embeddings [b, 128], |e| = 1.
 
-    `TextTower(cfg, rngs)` loads the MiniLM weights into the encoder (the projection is
-    random) unless `cfg.pretrained` is False; `pretrained=False` leaves the encoder random too, for building from shapes
-    (`nnx.eval_shape`, the trainer's jitted init), after which `minilm_arrays(tower.encoder)`
-    gives the arrays to place. `tokenize(texts)` is the host-side front end.
+    `TextTower(cfg, rngs)` builds the encoder `cfg.kind` names. MiniLM: loads its weights
+    (the projection is random) unless `cfg.pretrained` is False; `pretrained=False` leaves
+    the encoder random too, for building from shapes (`nnx.eval_shape`, the trainer's jitted
+    init), after which `minilm_arrays(tower.encoder)` gives the arrays to place. Scratch:
+    random, all trainable. `tokenize(texts)` is the host-side front end (the scratch tower
+    needs its run's MODEL_DIR for the sentencepiece model).
     """
 
     # Which parameters come from the pretrained file (an nnx filter for nnx.state/split).
@@ -233,11 +409,14 @@ class TextTower(nnx.Module):
 
     def __init__(self, cfg: TextTowerConfig, rngs: nnx.Rngs, *, pretrained: bool = True):
         self.cfg = cfg
-        self.encoder = MiniLM(cfg.minilm, rngs=rngs)
-        if pretrained and cfg.pretrained:
-            load_minilm(self.encoder)
-        self.projection = Dense((cfg.minilm.d_model,), (cfg.joint_dim,), in_axes=("embed",),
-                                out_axes=("joint",), dtype=cfg.minilm.compute_dtype,
+        if cfg.kind == "scratch":
+            self.encoder = ScratchEncoder(cfg.scratch, rngs=rngs)
+        else:
+            self.encoder = MiniLM(cfg.minilm, rngs=rngs)
+            if pretrained and cfg.pretrained:
+                load_minilm(self.encoder)
+        self.projection = Dense((cfg.encoder.d_model,), (cfg.joint_dim,), in_axes=("embed",),
+                                out_axes=("joint",), dtype=cfg.encoder.compute_dtype,
                                 use_bias=True, rngs=rngs)
 
     @property
@@ -248,12 +427,12 @@ class TextTower(nnx.Module):
         return nnx.Param
 
     def __call__(self, token_ids: jax.Array, mask: jax.Array, key: jax.Array | None = None) -> jax.Array:
-        # The projection reads the unit-norm sentence embedding, as the pretrained pipeline
-        # delivers it, so its input scale does not depend on the caption.
+        # MiniLM: the projection reads the unit-norm sentence embedding, as the pretrained
+        # pipeline delivers it, so its input scale does not depend on the caption. Scratch:
+        # the mean of final-normed states, the same projection and normalisation.
         e = self.projection(self.encoder(token_ids, mask, key))
         return l2_normalize(constrain(e, ("batch", "joint")))
 
-    def tokenize(self, texts: Sequence[str], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        m = self.cfg.minilm
-        return tokenizer_lib.tokenize(texts, max_length=m.max_length, length=length,
-                                      backend=m.tokenizer, weights_dir=m.weights_dir)
+    def tokenize(self, texts: Sequence[str], length: int | None = None,
+                 model_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return tokenizer_lib.tokenize(texts, length=length, **self.cfg.tokenizer_kwargs(model_dir))
