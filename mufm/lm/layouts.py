@@ -487,14 +487,11 @@ class StageLayout:
         n_levels = seg.num_levels
         is_target = k == len(self.segments) - 1
         if is_target and seg.pattern == "delay":
-            frames = self._delay_frames(toks, start)
+            frames = self._delay_frames(toks)
         else:
             frames = seg.frames
         frame, level = _order(seg, frames)
-        if len(toks) > len(frame):
-            raise ValueError(f"stage {self.name!r}: position {start + len(frame)} is past the end "
-                             f"of segment {seg.name!r} ({len(frame)} tokens for {frames} frames); "
-                             f"it holds {self.describe(toks[len(frame)])}")
+        extra, toks = toks[len(frame):], toks[:len(frame)]  # the earliest bad position first
         frame, level = frame[:len(toks)], level[:len(toks)]
         lo = self._offsets(k)[level]
         is_code = (frame >= 0) & (toks >= lo) & (toks < lo + seg.codebook_size)
@@ -514,6 +511,10 @@ class StageLayout:
             raise ValueError(f"stage {self.name!r}: position {start + i} (segment {seg.name!r}, "
                              f"{st.name}, {cell}) holds {self.describe(toks[i])}; expected "
                              f"{expected}")
+        if len(extra):
+            raise ValueError(f"stage {self.name!r}: position {start + len(frame)} is past the end "
+                             f"of segment {seg.name!r} ({len(frame)} tokens for {frames} frames); "
+                             f"it holds {self.describe(extra[0])}")
         if null.any() and not null.all():
             raise ValueError(f"stage {self.name!r}: segment {seg.name!r} is partly NULL (from "
                              f"position {start + int(np.argmax(null))}); a dropped segment is "
@@ -529,16 +530,13 @@ class StageLayout:
         cells[frame[is_code], level[is_code]] = toks[is_code] - lo[is_code]
         return cells
 
-    def _delay_frames(self, toks: np.ndarray, start: int) -> int:
+    def _delay_frames(self, toks: np.ndarray) -> int:
         """Frames of a (prefix of a) delay-pattern target: level 0 of step s is frame s, and
-        its first EMPTY marks the end; before that, the frames level 0 has begun."""
+        its first EMPTY marks the end; before that, the frames level 0 has begun. Capped at
+        the layout's frames, so a code past them fails validation at its own position."""
         level0 = toks[::self.target.num_levels]
         ends = np.flatnonzero(level0 == EMPTY)
-        frames = int(ends[0]) if len(ends) else len(level0)
-        if frames > self.target.frames:
-            raise ValueError(f"stage {self.name!r}: the delay-pattern target from position {start} "
-                             f"holds more than its {self.target.frames} frames")
-        return frames
+        return min(int(ends[0]) if len(ends) else len(level0), self.target.frames)
 
 
 @functools.lru_cache(maxsize=32)
