@@ -387,7 +387,10 @@ class StageLayout:
                      drop_conditioning: Sequence[bool] | None = None) -> dict[str, np.ndarray]:
         """Examples -> [batch, length] features (default length: `max_length`)."""
         length = self.max_length if length is None else length
-        drops = drop_conditioning or [False] * len(examples)
+        drops = [False] * len(examples) if drop_conditioning is None else list(drop_conditioning)
+        if not examples or len(drops) != len(examples):
+            raise ValueError(f"stage {self.name!r}: encode_batch needs examples and one "
+                             f"drop_conditioning flag each, got {len(examples)} and {len(drops)}")
         rows = [self.encode(e, drop_conditioning=d, length=length) for e, d in zip(examples, drops)]
         return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
 

@@ -224,6 +224,8 @@ def test_batch_matches_the_lm_task_features_and_shift():
         np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])
         assert (batch["decoder_loss_weights"][targets == PAD] == 0).all()
         assert batch["decoder_stream_ids"].max() < len(layout.stream_names)
+    with pytest.raises(ValueError, match="one drop_conditioning flag each"):
+        layout.encode_batch([random_example(layout, rng)] * 2, drop_conditioning=[True])
 
 
 def test_stream_ids_name_each_position():
