@@ -46,7 +46,6 @@ chunked encoding would no longer equal whole-file encoding.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import gin
 import jax
@@ -97,6 +96,9 @@ class SemanticConfig:
     gumbel_max_temperature: float = 2.0
     gumbel_min_temperature: float = 0.5
     gumbel_decay: float = 0.999995
+    # Std of the code-logit weights (fairseq: 1): on layer-normed features the logits then
+    # have std ~sqrt(d_model) x this, against the Gumbel noise's ~1.3 (see the quantizer).
+    quantizer_weight_std: float = 1.0
     # Contrastive task.
     final_dim: int = 256  # context and targets are projected to this before the cosine
     num_negatives: int = 100
@@ -280,8 +282,15 @@ class FeatureEncoder(nnx.Module):
 class GumbelProductQuantizer(nnx.Module):
     def __init__(self, cfg: SemanticConfig, *, rngs: nnx.Rngs):
         g, v = cfg.codebook_groups, cfg.codebook_size
+        # Weights of std quantizer_weight_std (fairseq: 1, weight_proj.normal_(0, 1)): logits of std
+        # ~sqrt(d_model) on the layer-normed features: code choices are then set by the
+        # features, not by the Gumbel noise (std ~1.3). With fan-in init (logits of std ~1)
+        # the noise picks the codes, the targets carry nothing, and 500 steps of semantic_base on the
+        # medium corpus stayed at chance (contrastive loss = ln(1 + num_negatives), MLM
+        # loss = ln(codebook_size)) while the diversity term flattened every frame's softmax.
         self.logits = Dense((cfg.d_model,), (g, v), in_axes=("embed",),
-                            out_axes=("codebook_groups", "codebook"), rngs=rngs)
+                            out_axes=("codebook_groups", "codebook"),
+                            init_scale=cfg.d_model * cfg.quantizer_weight_std ** 2, rngs=rngs)
         self.codevectors = param(rngs, nnx.initializers.uniform(1.0),
                                  (g, v, cfg.codevector_dim // g),
                                  ("codebook_groups", "codebook", "codebook_dim"))

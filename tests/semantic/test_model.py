@@ -195,3 +195,20 @@ def test_forward_and_gradient_reach_every_part(model):
     for part in ("encoder", "contrastive", "quantizer", "'codevectors'", "mlm", "mask_embedding"):
         hit = [k for k in flat if part in k]
         assert hit and any(np.abs(flat[k]).max() > 0 for k in hit), part
+
+
+def test_quantizer_codes_are_set_by_the_features_not_the_gumbel_noise():
+    """At initialisation, on layer-normed features of semantic_base's width, a Gumbel-noised
+    draw keeps the noise-free code for most frames. Under fan-in init (logits of std ~1,
+    like the Gumbel noise) only ~4% of frames kept it: the targets were noise and training
+    stayed at chance; unit-variance weights (fairseq) keep ~88%. The bar is one half: the
+    features, not the noise, must decide the code."""
+    from mufm.semantic.model import GumbelProductQuantizer
+
+    cfg = SemanticConfig(d_model=256, num_heads=4, codebook_groups=2, codebook_size=256,
+                         codevector_dim=256)
+    q = GumbelProductQuantizer(cfg, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 500, 256))  # unit variance per dimension
+    _, clean, _ = q(x)
+    _, noisy, _ = q(x, temperature=cfg.gumbel_max_temperature, key=jax.random.key(2))
+    assert float(jnp.mean(clean == noisy)) > 0.5
