@@ -99,6 +99,11 @@ class SemanticConfig:
     # Std of the code-logit weights (fairseq: 1): on layer-normed features the logits then
     # have std ~sqrt(d_model) x this, against the Gumbel noise's ~1.3 (see the quantizer).
     quantizer_weight_std: float = 1.0
+    # Scale of the Gumbel noise added to the code logits in training (wav2vec 2.0: 1). At 0
+    # the codes are the noise-free argmax and the gradient is a straight-through softmax at
+    # the annealed temperature: the targets stay a function of the features however flat
+    # the diversity term makes the logits.
+    gumbel_noise_scale: float = 1.0
     # Contrastive task.
     final_dim: int = 256  # context and targets are projected to this before the cosine
     num_negatives: int = 100
@@ -295,6 +300,7 @@ class GumbelProductQuantizer(nnx.Module):
                                  (g, v, cfg.codevector_dim // g),
                                  ("codebook_groups", "codebook", "codebook_dim"))
         self.groups, self.size = g, v
+        self.noise_scale = cfg.gumbel_noise_scale
 
     def __call__(self, features: jax.Array, *, temperature: jax.Array | float = 1.0,
                  key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -307,7 +313,7 @@ class GumbelProductQuantizer(nnx.Module):
             ids = jnp.argmax(logits, axis=-1)
             onehot = jax.nn.one_hot(ids, self.size, dtype=jnp.float32)
         else:
-            noisy = logits + jax.random.gumbel(key, logits.shape, jnp.float32)
+            noisy = logits + self.noise_scale * jax.random.gumbel(key, logits.shape, jnp.float32)
             ids = jnp.argmax(noisy, axis=-1)
             soft = jax.nn.softmax(noisy / temperature, axis=-1)
             onehot = jax.nn.one_hot(ids, self.size, dtype=jnp.float32)

@@ -2,6 +2,7 @@
 statistics against their derivation, InfoNCE / MLM / diversity against numpy written
 here, distractors drawn from the right frames, and a forward pass whose gradient reaches
 every part (the straight-through quantizer included)."""
+import dataclasses
 import math
 
 import jax
@@ -212,3 +213,19 @@ def test_quantizer_codes_are_set_by_the_features_not_the_gumbel_noise():
     _, clean, _ = q(x)
     _, noisy, _ = q(x, temperature=cfg.gumbel_max_temperature, key=jax.random.key(2))
     assert float(jnp.mean(clean == noisy)) > 0.5
+
+
+def test_noise_free_quantizer_keeps_the_argmax_and_its_straight_through_gradient():
+    """gumbel_noise_scale=0 (semantic_base): training draws are exactly the noise-free codes,
+    and the straight-through softmax still sends a gradient to the code logits."""
+    from mufm.semantic.model import GumbelProductQuantizer
+
+    cfg = dataclasses.replace(TINY, gumbel_noise_scale=0.0)
+    q = GumbelProductQuantizer(cfg, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 30, TINY.d_model))
+    _, clean, _ = q(x)
+    quantized, noisy, _ = q(x, temperature=2.0, key=jax.random.key(2))
+    np.testing.assert_array_equal(np.asarray(clean), np.asarray(noisy))
+    graphdef, state = nnx.split(q)
+    grads = jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(x, temperature=2.0, key=jax.random.key(2))[0] ** 2))(state)
+    assert float(jnp.abs(grads["logits"]["kernel"][...]).max()) > 0
