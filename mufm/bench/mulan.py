@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mufm.bench.task_step import (MatmulYardstick, experiment_program, harmonic_audio,
-                                  seconds_per_call, time_train_step)
+                                  print_header, seconds_per_call, time_train_step)
 
 # Captions in the corpus's style, cycled to the batch (the text tower's speed depends on the
 # padded length only, which is the task's caption_tokens).
@@ -55,8 +55,7 @@ def main(argv=None):
     parser.add_argument("--text_batch", type=int, default=256)
     parser.add_argument("--model_dir", default=None, help="a trained MuLan run to time instead")
     args = parser.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} cpus, "
-          f"load average {os.getloadavg()[0]:.1f})", flush=True)
+    print_header()
     yard = MatmulYardstick()
 
     program = experiment_program(args.gin_file, args.gin)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mufm.bench.task_step import (MatmulYardstick, experiment_program, harmonic_audio,
-                                  seconds_per_call, time_train_step)
+                                  print_header, seconds_per_call, time_train_step)
 
 
 def random_tokenizer(program, state, num_clusters: int = 1024):
@@ -86,8 +86,7 @@ def main(argv=None):
     parser.add_argument("--model_dir", default=None,
                         help="a semantic run with fitted tokens (default: random weights)")
     args = parser.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} cpus, "
-          f"load average {os.getloadavg()[0]:.1f})", flush=True)
+    print_header()
     yard = MatmulYardstick()
 
     program = experiment_program(args.gin_file, args.gin)

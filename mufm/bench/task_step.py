@@ -8,6 +8,7 @@ supplies a synthetic batch shaped like the task's `batch_spec`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Callable, Sequence
 
@@ -43,6 +44,26 @@ class StepTiming:
         return self.flops / self.seconds
 
 
+def timed_steps(step, state, batch, steps: int) -> tuple[list[float], object]:
+    """(wall seconds of each of `steps` calls of a donating `step(state, batch) -> (state,
+    metrics)`, the final state), after one untimed call (compilation and warm-up)."""
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, m = step(state, batch)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - start)
+    return times, state
+
+
+def print_header() -> None:
+    """The first line of every benchmark: what ran where, and how loaded the machine was."""
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} cpus, "
+          f"load average {os.getloadavg()[0]:.1f})", flush=True)
+
+
 def time_train_step(program, host_batch: dict[str, np.ndarray], steps: int):
     """(StepTiming, state after the steps) of `steps` training steps from a fresh state on
     `host_batch`, after one untimed step (compilation and warm-up)."""
@@ -50,16 +71,7 @@ def time_train_step(program, host_batch: dict[str, np.ndarray], steps: int):
 
     with sharding_context(program.mesh, program.rules):
         state = program.initialize(seed=0)
-        batch = program.global_batch(host_batch)
-        step = program.step_at(0)
-        state, m = step(state, batch)
-        jax.block_until_ready(m)
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            state, m = step(state, batch)
-            jax.block_until_ready(m)
-            times.append(time.perf_counter() - start)
+        times, state = timed_steps(program.step_at(0), state, program.global_batch(host_batch), steps)
     med = float(np.median(times))
     return StepTiming(med, (max(times) - min(times)) / med, program.task.flops_per_step()), state
 

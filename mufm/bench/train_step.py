@@ -20,6 +20,7 @@ import numpy as np
 
 from mufm import gin_flags
 from mufm.bench.matmul_peak import matmul_flops_per_s
+from mufm.bench.task_step import timed_steps
 from mufm.data.pipeline import DataConfig
 from mufm.lm.model import LMConfig, param_count, train_flops_per_token
 from mufm.lm.task import LMTask
@@ -50,14 +51,7 @@ def random_batch(batch: int, seq: int, vocab: int) -> dict[str, jax.Array]:
 
 
 def time_steps(step, state, batch, steps: int) -> tuple[float, object]:
-    state, m = step(state, batch)  # compile + warm-up
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        state, m = step(state, batch)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
+    times, state = timed_steps(step, state, batch, steps)
     return float(np.median(times)), state
 
 
