@@ -396,6 +396,7 @@ def test_bad_layouts_raise_clear_errors():
 # -- configuration -----------------------------------------------------------------------
 
 def test_gin_builds_layouts_and_stored_configs_rebuild_them():
+    gin.clear_config()  # an earlier test may leave a finalized (locked) config behind
     try:
         gin.parse_config("""
             coarse_stage.semantic_frames = 100
