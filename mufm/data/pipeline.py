@@ -40,7 +40,8 @@ class DataConfig:
     input_shards: int | None = None
     # Modules whose import registers the Task/Mixture (seqio registries are import-time).
     task_modules: Sequence[str] = ("mufm.data.synthetic",)
-    # Names of the stream ids a task marks in `targets_streams`, for per-stream metrics.
+    # Names of the stream ids a task marks in `targets_streams`, for per-stream metrics
+    # (empty: taken from a registration that has them, the token tasks' layout).
     stream_names: Sequence[str] = ()
     # Tasks to register when this config is built, e.g. `[@CorpusTaskRegistration()]`:
     # objects with a `register()` method, called in __post_init__, i.e. after every gin file
@@ -52,6 +53,10 @@ class DataConfig:
         object.__setattr__(self, "task_modules", tuple(self.task_modules))
         object.__setattr__(self, "stream_names", tuple(self.stream_names))
         object.__setattr__(self, "registrations", tuple(self.registrations))
+        if not self.stream_names:  # a token task's layout names its streams
+            named = [r.stream_names for r in self.registrations if getattr(r, "stream_names", None)]
+            if named:
+                object.__setattr__(self, "stream_names", tuple(named[0]))
         for registration in self.registrations:
             registration.register()
 
@@ -132,8 +137,9 @@ def host_shards(cfg: DataConfig) -> tuple[list[int], int]:
 
 
 def make_dataset(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int = 0,
-                 num_epochs: int | None = None):
-    """The host-local tf.data pipeline of batched model features, positioned at start_batch."""
+                 num_epochs: int | None = None, drop_remainder: bool = True):
+    """The host-local tf.data pipeline of batched model features, positioned at start_batch
+    (with `drop_remainder=False`, a finite pass keeps its last, smaller batch)."""
     import seqio
 
     converter = feature_converter(cfg)
@@ -151,7 +157,7 @@ def make_dataset(cfg: DataConfig, *, split: str, shuffle: bool, start_batch: int
             use_cached=False,
         )
 
-    return _batched(shard_dataset, cfg, start_batch)
+    return _batched(shard_dataset, cfg, start_batch, drop_remainder)
 
 
 def _batched(shard_dataset, cfg: DataConfig, start_batch: int, drop_remainder: bool = True):

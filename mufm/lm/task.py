@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from mufm.data.pipeline import DataConfig, batch_feature_names, host_batches
+from mufm.gin_flags import GinConfigError
 from mufm.lm.model import LMConfig, StageLM, train_flops_per_token
 from mufm.lm.step import StepConfig, eval_step, summarize, train_step
 from mufm.train.optim import OptimizerConfig, make_optimizer
@@ -33,6 +34,21 @@ class LMTask(Task):
     z_loss: float = 0.0  # PaLM's log(Z)^2 penalty, keeps logits from drifting in bf16
 
     family = "lm"
+
+    def layout(self):
+        """The stage layout of the token task this trains on (None for other tasks)."""
+        return next((r.layout for r in self.data.registrations if hasattr(r, "layout")), None)
+
+    def validate(self, run) -> None:
+        layout = self.layout()
+        if layout is None:
+            return
+        if self.model.vocab_size < layout.vocab_size:
+            raise GinConfigError(f"LMConfig.vocab_size={self.model.vocab_size} is smaller than the "
+                                 f"{layout.name!r} stage's id space, {layout.vocab_size} ids")
+        if self.data.sequence_length < layout.max_length:
+            raise GinConfigError(f"DataConfig.sequence_length={self.data.sequence_length} is shorter "
+                                 f"than one {layout.name!r} sequence, {layout.max_length} tokens")
 
     def _step_cfg(self, seed: int) -> StepConfig:
         return StepConfig(grad_accum_steps=self.optimizer.grad_accum_steps, z_loss=self.z_loss,
@@ -58,7 +74,18 @@ class LMTask(Task):
         return {name: jax.ShapeDtypeStruct(shape, np.int32)
                 for name in batch_feature_names(self.data)}
 
+    def check_data(self) -> None:
+        """The token task's tokens exist and fit its layout: a clear error before the first
+        batch (not in `validate`, so a compile check needs no tokens)."""
+        for registration in self.data.registrations:
+            if hasattr(registration, "check"):
+                try:
+                    registration.check()
+                except (ValueError, FileNotFoundError) as e:
+                    raise GinConfigError(str(e)) from None
+
     def train_batches(self, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
+        self.check_data()
         return host_batches(self.data, split=self.data.train_split, shuffle=self.data.shuffle,
                             start_batch=start_batch)
 
@@ -86,7 +113,7 @@ class LMTask(Task):
         return Evaluation(scalars={k: float(v) for k, v in out.items()})
 
     def model_configs(self) -> dict[str, Any]:
-        return {"model": self.model}
+        return {"model": self.model, "data": self.data}
 
     @classmethod
     def inference_model(cls, configs: Mapping[str, Any], rngs) -> StageLM:

@@ -134,11 +134,13 @@ class MuLan:
             out.append(np.asarray(self._audio(self._state, w, l))[:n])
         return np.concatenate(out)
 
-    def clip_windows(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The clip's windows [k, W] (zero-padded when shorter) and valid lengths [k]."""
+    def clip_windows(self, waveform: np.ndarray, hop_samples: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The clip's windows [k, W] (zero-padded when shorter) and valid lengths [k], every
+        `hop_samples` (default the tower's hop, 1 s)."""
         cfg = self.audio_cfg
         w, W = self.check_waveform(waveform), cfg.window_samples
-        starts = window_starts(len(w), W, cfg.hop_samples)
+        starts = window_starts(len(w), W, hop_samples or cfg.hop_samples)
         windows = np.zeros((len(starts), W), np.float32)
         lengths = np.zeros((len(starts),), np.int32)
         for j, s in enumerate(starts):
@@ -146,9 +148,10 @@ class MuLan:
             windows[j, :len(piece)], lengths[j] = piece, len(piece)
         return windows, lengths
 
-    def embed_clip(self, waveform: np.ndarray) -> np.ndarray:
-        """[n] -> [D]: the renormalised mean of the clip's window embeddings."""
-        e = self.embed_windows(*self.clip_windows(waveform))
+    def embed_clip(self, waveform: np.ndarray, hop_samples: int | None = None) -> np.ndarray:
+        """[n] -> [D]: the renormalised mean of the clip's window embeddings (windows every
+        `hop_samples`; the pre-tokenization job hops a whole window, 10x fewer windows)."""
+        e = self.embed_windows(*self.clip_windows(waveform, hop_samples))
         return np.asarray(safe_normalize(jnp.asarray(e.mean(0))))
 
     def embed_clips(self, waveforms: Sequence[np.ndarray],
@@ -170,5 +173,5 @@ class MuLan:
     def tokens_text(self, captions: Sequence[str]) -> np.ndarray:
         return self._quantizer().encode(self.embed_text(captions))
 
-    def tokens_audio(self, waveform: np.ndarray) -> np.ndarray:
-        return self._quantizer().encode(self.embed_clip(waveform)[None])[0]
+    def tokens_audio(self, waveform: np.ndarray, hop_samples: int | None = None) -> np.ndarray:
+        return self._quantizer().encode(self.embed_clip(waveform, hop_samples)[None])[0]
