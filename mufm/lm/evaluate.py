@@ -9,7 +9,11 @@ accuracy and perplexity, and the same for the unigram model of that level fitted
 train split's tokens (`counts.npz` of the pre-tokenization job; add-half smoothing). The
 model's distribution at a position is its softmax restricted to the position's stream block
 (`StageLayout` ids, as the sampler's `logit_mask` restricts it), so model and baseline are
-scored over the same codebook. `--shuffle_mulan` evaluates with each clip's MuLan tokens
+scored over the same codebook. A second baseline, persistence (`repeat accuracy`), guesses
+the code the same level held one frame earlier: music changes slowly at 25-50 Hz, so a
+model has learned something beyond "hold the note" only where it beats that; as a
+distribution (`repeat ppl`), a * [code == previous] + (1 - a) * unigram with the best a on
+the evaluated data. `--shuffle_mulan` evaluates with each clip's MuLan tokens
 taken from another clip: if the numbers do not move, the model ignores its conditioning.
 
 Writes `<model_dir>/eval_<split>[_shuffled].json` and prints a table.
@@ -95,7 +99,14 @@ def evaluate_run(model_dir: str, *, split: str = "test", tokens_dir: str | None 
         return nll, jnp.argmax(logp, -1) == t
 
     n_streams = len(names)
-    tot = {k: np.zeros(n_streams) for k in ("n", "nll", "correct", "uni_nll", "uni_correct")}
+    tot = {k: np.zeros(n_streams) for k in ("n", "nll", "correct", "uni_nll", "uni_correct",
+                                            "repeat_correct")}
+    lag = layout.target.num_levels  # frame-major: the same level one frame back
+    # Persistence as a distribution: a * [code == previous] + (1 - a) * unigram, with the
+    # repeat weight a the best of a grid on the evaluated data itself (so the baseline is
+    # favoured, never the model).
+    grid = np.linspace(0.02, 0.98, 49)
+    repeat_nll = np.zeros((n_streams, len(grid)))
     uni_best = {name: int(np.argmax(t)) for name, t in uni.items()}
     ds = make_dataset(cfg, split=split, shuffle=False, num_epochs=1, drop_remainder=False)
     bar = tqdm(desc=f"evaluate {split}", unit="batch", disable=not progress)
@@ -106,6 +117,10 @@ def evaluate_run(model_dir: str, *, split: str = "test", tokens_dir: str | None 
         w = batch["decoder_loss_weights"] > 0
         s = batch["decoder_stream_ids"]
         t = batch["decoder_target_tokens"]
+        seg = batch.get("decoder_segment_ids", np.ones_like(t))
+        prev = np.zeros_like(t)
+        prev[:, lag:] = np.where((s[:, lag:] == s[:, :-lag]) & (seg[:, lag:] == seg[:, :-lag]),
+                                 t[:, :-lag], 0)
         for k in np.unique(s[w]):
             sel = w & (s == k)
             st = layout.streams[k - 1]
@@ -115,6 +130,15 @@ def evaluate_run(model_dir: str, *, split: str = "test", tokens_dir: str | None 
             tot["correct"][k] += correct[sel].sum()
             tot["uni_nll"][k] -= uni[st.name][codes].sum()
             tot["uni_correct"][k] += (codes == uni_best[st.name]).sum()
+            # Persistence: the code the level held one frame earlier (the unigram's choice
+            # at a segment's first frame), what any model of slowly changing music beats.
+            guess = np.where(prev[sel] > 0, prev[sel] - st.offset, uni_best[st.name])
+            tot["repeat_correct"][k] += (codes == guess).sum()
+            p_uni = np.exp(uni[st.name][codes])[:, None]
+            same = ((prev[sel] > 0) & (codes == prev[sel] - st.offset))[:, None]
+            first = (prev[sel] == 0)[:, None]
+            p = np.where(first, p_uni, grid[None] * same + (1 - grid[None]) * p_uni)
+            repeat_nll[k] -= np.log(p).sum(0)
         bar.update(1)
     bar.close()
     rows = []
@@ -125,7 +149,10 @@ def evaluate_run(model_dir: str, *, split: str = "test", tokens_dir: str | None 
         rows.append({"stream": st.name, "level": st.level, "tokens": int(n),
                      "accuracy": tot["correct"][k] / n, "perplexity": math.exp(tot["nll"][k] / n),
                      "unigram_accuracy": tot["uni_correct"][k] / n,
-                     "unigram_perplexity": math.exp(tot["uni_nll"][k] / n)})
+                     "unigram_perplexity": math.exp(tot["uni_nll"][k] / n),
+                     "repeat_accuracy": tot["repeat_correct"][k] / n,
+                     "repeat_perplexity": math.exp(repeat_nll[k].min() / n),
+                     "repeat_weight": float(grid[np.argmin(repeat_nll[k])])})
     n = sum(r["tokens"] for r in rows)
     summary = {"model_dir": loaded.model_dir, "step": loaded.step, "split": split,
                "stage": layout.name, "tokens_dir": reg.tokens_dir, "shuffle_mulan": reg.shuffle_mulan,
@@ -134,6 +161,9 @@ def evaluate_run(model_dir: str, *, split: str = "test", tokens_dir: str | None 
                "accuracy": sum(r["accuracy"] * r["tokens"] for r in rows) / max(n, 1),
                "perplexity": math.exp(sum(math.log(r["perplexity"]) * r["tokens"] for r in rows) / max(n, 1)),
                "unigram_accuracy": sum(r["unigram_accuracy"] * r["tokens"] for r in rows) / max(n, 1),
+               "repeat_accuracy": sum(r["repeat_accuracy"] * r["tokens"] for r in rows) / max(n, 1),
+               "repeat_perplexity": math.exp(sum(math.log(r["repeat_perplexity"]) * r["tokens"]
+                                                 for r in rows) / max(n, 1)),
                "unigram_perplexity": math.exp(sum(math.log(r["unigram_perplexity"]) * r["tokens"]
                                                   for r in rows) / max(n, 1))}
     return summary
@@ -143,10 +173,12 @@ def format_table(summary: dict) -> str:
     lines = [f"{summary['stage']} stage, {summary['model_dir']} step {summary['step']}, "
              f"{summary['split']} split{' (MuLan shuffled)' if summary['shuffle_mulan'] else ''}: "
              f"{summary['tokens']} target tokens",
-             f"{'stream':<14}{'tokens':>9}{'acc':>8}{'ppl':>9}{'uni acc':>9}{'uni ppl':>9}"]
+             f"{'stream':<14}{'tokens':>9}{'acc':>8}{'ppl':>9}{'uni acc':>9}{'uni ppl':>9}"
+             f"{'repeat acc':>11}{'repeat ppl':>11}"]
     for r in summary["levels"] + [dict(summary, stream="all")]:
         lines.append(f"{r['stream']:<14}{r['tokens']:>9}{r['accuracy']:>8.3f}{r['perplexity']:>9.1f}"
-                     f"{r['unigram_accuracy']:>9.3f}{r['unigram_perplexity']:>9.1f}")
+                     f"{r['unigram_accuracy']:>9.3f}{r['unigram_perplexity']:>9.1f}"
+                     f"{r['repeat_accuracy']:>11.3f}{r['repeat_perplexity']:>11.1f}")
     return "\n".join(lines)
 
 
@@ -171,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                shuffle_mulan=args.shuffle_mulan, batch_size=args.batch_size,
                                max_batches=args.max_batches, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, CheckpointNotFoundError, WrongFamilyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"mufm.lm evaluate: error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(args.model_dir,
                                    f"eval_{args.split}{'_shuffled' if args.shuffle_mulan else ''}.json")
