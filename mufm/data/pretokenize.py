@@ -93,6 +93,8 @@ class ClipTokenizer:
         window = self.mulan.audio_cfg.window_samples
         self.mulan_hop = int(round(dirs.mulan_hop_seconds * SAMPLE_RATE)) if dirs.mulan_hop_seconds else window
         self.seconds = {"codec": 0.0, "semantic": 0.0, "mulan": 0.0}
+        # The streams' shapes and the runs' records, as the manifest states them.
+        self.streams, self.models = describe_models(dirs)
 
     def tokenize(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
         from mufm.codec import tokenizer as codec_tokenizer
@@ -108,16 +110,6 @@ class ClipTokenizer:
             self.seconds[name] += dt
         return {"mulan": np.asarray(mulan, np.int64), "semantic": np.asarray(semantic, np.int64),
                 "acoustic": np.asarray(acoustic, np.int64)}
-
-    def streams(self) -> dict[str, dict]:
-        """Shapes of the streams, for the manifest and the token tasks' checks."""
-        codec = self.codec.configs["codec"]
-        return {"mulan": {"levels": int(self.mulan.tokens.num_levels),
-                          "codebook_size": int(self.mulan.tokens.codebook_size)},
-                "semantic": {"levels": 1, "codebook_size": int(self.semantic.num_clusters),
-                             "hz": R.SEMANTIC_HZ},
-                "acoustic": {"levels": int(codec.num_levels), "codebook_size": int(codec.codebook_size),
-                             "hz": R.ACOUSTIC_HZ}}
 
 
 # -- clip sources --------------------------------------------------------------------------
@@ -286,7 +278,7 @@ def tokenize_shard(spec: ShardSpec, source, tokenizer: ClipTokenizer, out_dir: s
     start = time.perf_counter()
     before = dict(tokenizer.seconds)
     report, failed = [], []
-    counts = empty_counts(tokenizer.streams())
+    counts = empty_counts(tokenizer.streams)
     entropies, clips, samples = [], 0, 0
     with tf.io.TFRecordWriter(tmp) as writer:
         for clip in source.clips(spec.split, spec.lo, spec.hi, report):
@@ -497,7 +489,7 @@ def finish(out_dir: str, source, dirs: ModelDirs, markers: Sequence[dict], wall:
            done_now: set, log=print) -> dict:
     import tensorflow as tf
 
-    tokenizer_streams, models = _describe_models(dirs)
+    tokenizer_streams, models = describe_models(dirs)
     stats = token_stats(markers)
     failed = [dict(f, split=m["split"]) for m in markers for f in m["failed"]]
     report = {"clips": sum(m["clips"] for m in markers), "failed": len(failed),
@@ -547,9 +539,9 @@ def finish(out_dir: str, source, dirs: ModelDirs, markers: Sequence[dict], wall:
     return manifest
 
 
-def _describe_models(dirs: ModelDirs) -> tuple[dict, dict]:
-    """Streams and model records without loading weights twice in the driver: the first
-    shard's tokenizer is not reachable from here, so read the run records."""
+def describe_models(dirs: ModelDirs) -> tuple[dict, dict]:
+    """(the streams' levels / codebook sizes / rates, the runs and steps that make them),
+    read from the runs' records without loading any weights (the driver needs them too)."""
     from mufm.mulan.tokens import MuLanTokens
     from mufm.semantic.tokens import load_centroids
     from mufm.train.restore import read_model_config, resolve

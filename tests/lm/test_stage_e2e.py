@@ -270,3 +270,27 @@ def test_missing_tokens_is_a_clear_error(tmp_path):
         cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "mufm.data.pretokenize" in proc.stderr
+
+
+def test_stage_mixture_of_token_tasks(tokens):
+    import seqio
+
+    from mufm.data import token_tasks as T
+    from mufm.data.pipeline import DataConfig, host_batches
+    from mufm.lm import layouts as L
+
+    out, _ = tokens
+    layout = L.semantic_stage(50, mulan_levels=3, mulan_codes=16, semantic_codes=8)
+    for name, shuffle in (("t_real", False), ("t_shuffled", True)):
+        T.register_token_task(name, out, layout, shuffle_mulan=shuffle)
+    T.register_stage_mixture("t_mix", [("t_real", 1.0), ("t_shuffled", 1.0)])
+    cfg = DataConfig(mixture_or_task_name="t_mix", sequence_length=128, batch_size=4,
+                     task_modules=["mufm.data.token_tasks"], stream_names=layout.stream_names)
+    batch = next(host_batches(cfg, split="train", shuffle=True))
+    assert batch["decoder_target_tokens"].shape == (4, 128)
+    ids = batch["decoder_target_tokens"][batch["decoder_loss_weights"] > 0]
+    semantic = layout.streams[-1]
+    assert ((ids >= semantic.offset) & (ids < semantic.offset + semantic.size)).all()
+    for name in ("t_real", "t_shuffled"):
+        seqio.TaskRegistry.remove(name)
+    seqio.MixtureRegistry.remove("t_mix")
