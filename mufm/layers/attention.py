@@ -5,13 +5,15 @@ attends only to keys [0, end of block i), skipping key blocks the causal mask wo
 The result is the same; the work is (n+1)/(2n) of the full T x T product for n blocks and
 the score tiles are smaller (on CPU it halves attention time at T=1024).
 
-The cache is a plain dict of arrays {"k", "v": [batch, heads, max_len, head_dim]} passed in
-and returned, so decoding loops stay pure functions. Writing at `index` and attending over
-all `max_len` slots (masked by position) serves prefill (t tokens) and steps (1 token)
-with the same code. Heads come before slots so the cached scores and weighted sum are
-plain batched matmuls over (batch, heads): with slots first, XLA:CPU transposed the whole
-cache in every layer of every step, which made a decoding step at batch 8 cost 10x one
-at batch 1 on the base shape (mufm/bench/sample.py).
+The cache is a plain dict of arrays {"k", "v": [batch * heads, max_len, head_dim]} passed
+in and returned, so decoding loops stay pure functions. Writing at `index` and attending
+over all `max_len` slots (masked by position) serves prefill (t tokens) and steps (1 token)
+with the same code. The layout is what the cached score and weighted-sum matmuls read
+directly, one batch dimension and no size-1 one: with slots before heads XLA:CPU
+transposed the whole cache in every layer of every step (a step at batch 8 cost 10x one
+at batch 1 on the base shape), and with separate [batch, heads] axes at batch 1 it fused
+the cache update twice (once reshaped for the dot) and copied each layer's cache three
+times per step (mufm/bench/sample.py).
 """
 from __future__ import annotations
 
@@ -45,12 +47,15 @@ def _attend(q, k, v, bias, dropout_rate, key):
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
     """softmax(q k^T + bias) v for q [b, t, h, d] (already scaled) over cache slots k/v
-    [b, h, s, d]; bias broadcastable to [b, h, t, s]. Only q and the output (t rows) are
+    [b * h, s, d]; bias broadcastable to [b, h, t, s]. Only q and the output (t rows) are
     transposed, never the cache."""
-    q = jnp.swapaxes(q, 1, 2)  # [b, h, t, d]
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
+    b, t, h, d = q.shape
+    q = jnp.swapaxes(q, 1, 2).reshape(b * h, t, d)
+    logits = jnp.einsum("ntd,nsd->nts", q, k).astype(jnp.float32)
+    bias = jnp.broadcast_to(bias, (b, h, t, k.shape[1])).reshape(b * h, t, -1)
     weights = jax.nn.softmax(logits + bias, axis=-1).astype(v.dtype)
-    return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", weights, v), 1, 2)
+    ctx = jnp.einsum("nts,nsd->ntd", weights, v)
+    return jnp.swapaxes(ctx.reshape(b, h, t, d), 1, 2)
 
 
 def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, *,
@@ -73,7 +78,7 @@ def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, *,
 
 
 def init_cache(batch: int, max_len: int, num_heads: int, head_dim: int, dtype) -> dict:
-    shape = (batch, num_heads, max_len, head_dim)
+    shape = (batch * num_heads, max_len, head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
@@ -107,9 +112,9 @@ class Attention(nnx.Module):
         if cache is not None:
             # Only the t new rows are transposed to the cache's [b, h, s, d]; the update is
             # in place when the caller's cache buffer is donated or a loop carry.
-            start = (0, 0, cache_index, 0)
+            b, t, h, d = k.shape
             write = lambda c, new: jax.lax.dynamic_update_slice(
-                c, jnp.swapaxes(new, 1, 2).astype(c.dtype), start)
+                c, jnp.swapaxes(new, 1, 2).reshape(b * h, t, d).astype(c.dtype), (0, cache_index, 0))
             cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
             # Keys are cache slots rather than a causal prefix: no query blocks, no dropout.
             ctx = cached_attention(q, cache["k"].astype(q.dtype), cache["v"].astype(self.dtype), bias)

@@ -157,7 +157,8 @@ class StageLM(nnx.Module):
 
     # -- incremental decoding -----------------------------------------------------------
     def init_cache(self, batch: int, max_len: int) -> dict:
-        """{"k", "v"}: per layer [batch, heads, max_len, head_dim]. Scanned layers stack them
+        """{"k", "v"}: per layer [batch * heads, max_len, head_dim] (mufm.layers.attention
+        says why that layout). Scanned layers stack them
         on a leading layers axis (the scan's xs); unrolled layers keep one array per layer
         (a tuple), so each step updates every layer's buffer in place instead of slicing
         and re-stacking the whole cache."""
