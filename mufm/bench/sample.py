@@ -12,8 +12,7 @@ Figures, all from this one process (the machine may be shared: compare within a 
   batch 1; `cache_speedup_2k` is their ratio.
 - the parts of one cached step at batch 1 and 8 (one layer's attention over a 513-slot
   cache in the old slots-first [b, s, h, d] and the current flat [b * h, s, d] cache
-  layout, one MLP, the
-  logits): where the batch-8 step's time went before the layout change.
+  layout, one MLP, the logits): where the batch-8 step's time went before the layout change.
 
 Last line: `cached_tok_s_b1=... cached_tok_s_b8=... cache_speedup_2k=... cascade_rtf=nan`
 (the cascade's real-time factor comes with the cascade).
