@@ -5,10 +5,15 @@ attends only to keys [0, end of block i), skipping key blocks the causal mask wo
 The result is the same; the work is (n+1)/(2n) of the full T x T product for n blocks and
 the score tiles are smaller (on CPU it halves attention time at T=1024).
 
-The cache is a plain dict of arrays {"k", "v": [batch, max_len, heads, head_dim]} passed in
-and returned, so decoding loops stay pure functions. Writing at `index` and attending over
-all `max_len` slots (masked by position) serves prefill (t tokens) and steps (1 token)
-with the same code.
+The cache is a plain dict of arrays {"k", "v": [batch * heads, max_len, head_dim]} passed
+in and returned, so decoding loops stay pure functions. Writing at `index` and attending
+over all `max_len` slots (masked by position) serves prefill (t tokens) and steps (1 token)
+with the same code. The layout is what the cached score and weighted-sum matmuls read
+directly, one batch dimension and no size-1 one: with slots before heads XLA:CPU
+transposed the whole cache in every layer of every step (a step at batch 8 cost 10x one
+at batch 1 on the base shape), and with separate [batch, heads] axes at batch 1 it fused
+the cache update twice (once reshaped for the dot) and copied each layer's cache three
+times per step (mufm/bench/sample.py).
 """
 from __future__ import annotations
 
@@ -40,6 +45,19 @@ def _attend(q, k, v, bias, dropout_rate, key):
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """softmax(q k^T + bias) v for q [b, t, h, d] (already scaled) over cache slots k/v
+    [b * h, s, d]; bias broadcastable to [b, h, t, s]. Only q and the output (t rows) are
+    transposed, never the cache."""
+    b, t, h, d = q.shape
+    q = jnp.swapaxes(q, 1, 2).reshape(b * h, t, d)
+    logits = jnp.einsum("ntd,nsd->nts", q, k).astype(jnp.float32)
+    bias = jnp.broadcast_to(bias, (b, h, t, k.shape[1])).reshape(b * h, t, -1)
+    weights = jax.nn.softmax(logits + bias, axis=-1).astype(v.dtype)
+    ctx = jnp.einsum("nts,nsd->ntd", weights, v)
+    return jnp.swapaxes(ctx.reshape(b, h, t, d), 1, 2)
+
+
 def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, *,
                    query_block: int = 0, dropout_rate: float = 0.0,
                    key: jax.Array | None = None) -> jax.Array:
@@ -60,7 +78,7 @@ def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, *,
 
 
 def init_cache(batch: int, max_len: int, num_heads: int, head_dim: int, dtype) -> dict:
-    shape = (batch, max_len, num_heads, head_dim)
+    shape = (batch * num_heads, max_len, head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
@@ -90,15 +108,18 @@ class Attention(nnx.Module):
         if self.use_rope:
             q = apply_rope(q, positions, self.rope_max_wavelength)
             k = apply_rope(k, positions, self.rope_max_wavelength)
-        if cache is not None:
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-            cache = {"k": k, "v": v}
         q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
-        # With a cache, keys are cache slots rather than a causal prefix: no query blocks.
-        ctx = attention_core(q, k.astype(q.dtype), v.astype(self.dtype), bias,
-                             query_block=0 if cache is not None else self.query_block,
-                             dropout_rate=self.dropout_rate, key=key)
+        if cache is not None:
+            # Only the t new rows are transposed to the cache's [b, h, s, d]; the update is
+            # in place when the caller's cache buffer is donated or a loop carry.
+            b, t, h, d = k.shape
+            write = lambda c, new: jax.lax.dynamic_update_slice(
+                c, jnp.swapaxes(new, 1, 2).reshape(b * h, t, d).astype(c.dtype), (0, cache_index, 0))
+            cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
+            # Keys are cache slots rather than a causal prefix: no query blocks, no dropout.
+            ctx = cached_attention(q, cache["k"].astype(q.dtype), cache["v"].astype(self.dtype), bias)
+        else:
+            ctx = attention_core(q, k, v, bias, query_block=self.query_block,
+                                 dropout_rate=self.dropout_rate, key=key)
         ctx = constrain(ctx, axes)
         return checkpoint_name(self.out(ctx), "out_proj"), cache

@@ -157,13 +157,22 @@ class StageLM(nnx.Module):
 
     # -- incremental decoding -----------------------------------------------------------
     def init_cache(self, batch: int, max_len: int) -> dict:
-        one = init_cache(batch, max_len, self.cfg.num_heads, self.cfg.kv_dim, self.cfg.compute_dtype)
-        return jax.tree.map(lambda a: jnp.zeros((self.cfg.num_layers,) + a.shape, a.dtype), one)
+        """{"k", "v"}: per layer [batch * heads, max_len, head_dim] (mufm.layers.attention
+        says why that layout). Scanned layers stack them
+        on a leading layers axis (the scan's xs); unrolled layers keep one array per layer
+        (a tuple), so each step updates every layer's buffer in place instead of slicing
+        and re-stacking the whole cache."""
+        one = lambda: init_cache(batch, max_len, self.cfg.num_heads, self.cfg.kv_dim,
+                                 self.cfg.compute_dtype)
+        if self.cfg.scan_layers:
+            return jax.tree.map(lambda a: jnp.zeros((self.cfg.num_layers,) + a.shape, a.dtype), one())
+        layers = [one() for _ in range(self.cfg.num_layers)]
+        return {name: tuple(c[name] for c in layers) for name in ("k", "v")}
 
     def decode(self, tokens: jax.Array, cache: dict, index: jax.Array) -> tuple[jax.Array, dict]:
         """Feeds tokens [b, t] at positions index..index+t-1; returns their logits and the cache."""
         b, t = tokens.shape
-        max_len = cache["k"].shape[2]
+        max_len = jax.tree.leaves(cache)[0].shape[-2]
         positions = jnp.broadcast_to(index + jnp.arange(t, dtype=jnp.int32), (b, t))
         key_pos = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
         mask = key_pos[:, None, :] <= positions[:, :, None]
@@ -209,9 +218,9 @@ class StageLM(nnx.Module):
         new_caches = []
         for i, block in enumerate(self.blocks):
             graphdef, state = nnx.split(block)
-            layer_cache = None if cache is None else jax.tree.map(lambda a: a[i], cache)
+            layer_cache = None if cache is None else {"k": cache["k"][i], "v": cache["v"][i]}
             x, layer_cache = run_block(graphdef, state, x, i, layer_cache)
             new_caches.append(layer_cache)
         if cache is None:
             return x, None
-        return x, jax.tree.map(lambda *a: jnp.stack(a), *new_caches)
+        return x, {name: tuple(c[name] for c in new_caches) for name in ("k", "v")}
