@@ -169,7 +169,9 @@ def test_experiment_builds_the_trainers_configs(path):
     from mufm.train.loop import RunConfig
     from mufm.train.task import Task
 
-    gin_flags.parse([path], ['MODEL_DIR="/tmp/x"'])
+    # Stage experiments read pre-tokenised clips; none are needed to build them.
+    tokens = ['TOKENS_DIR="/tmp/no_tokens"'] if "stage_" in path else []
+    gin_flags.parse([path], ['MODEL_DIR="/tmp/x"', *tokens])
     try:
         built = {name: gin.query_parameter(f"train.{name}").scoped_configurable_fn()
                  for name in ("task", "mesh", "run", "checkpoint")}
