@@ -228,6 +228,10 @@ class Cascade:
         unknown = set(configs) - set(STAGES)
         if unknown:
             raise CascadeError(f"configs for unknown stages {sorted(unknown)}; use {STAGES}")
+        for name, config in configs.items():
+            if not isinstance(config, SamplingConfig):
+                raise CascadeError(f"configs[{name!r}] is a {type(config).__name__}, not a "
+                                   f"SamplingConfig")
         key = jax.random.key(seed) if key is None else key
         semantic_frames = math.ceil(seconds * SEMANTIC_HZ - 1e-9)
         self.timings = {}

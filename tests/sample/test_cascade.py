@@ -1,7 +1,7 @@
 """The text-to-audio cascade (mufm/sample/cascade.py) and its CLI on tiny runs: MuLan 3
 levels x 16, the three stage LMs of configs/experiments/stage_tiny.gin (semantic windows of
 50 frames, coarse 25 semantic -> 50 x 2 levels, fine 25 x levels 2..3) and the 4 x 64 codec,
-each written from its initial state (their weights do not matter here, shapes and
+each written with random weights (what they weigh does not matter here, shapes and
 determinism do). Sliding windows are checked at their boundaries."""
 import os
 
@@ -13,7 +13,7 @@ import soundfile as sf
 from mufm.lm.layouts import MISSING, coarse_stage, fine_stage, semantic_stage
 from mufm.sample.cascade import Cascade, CascadeError, Window, check_layouts, plan_windows
 from mufm.sample.decode import SamplingConfig, generate_stage
-from tests.semantic.conftest import CODEC_GIN, _initialise_codebooks
+from tests.semantic.conftest import CODEC_GIN
 
 MULAN_GIN = "experiments/mulan_corpus_tiny.gin"
 STAGE_GIN = "experiments/stage_tiny.gin"
@@ -27,28 +27,41 @@ SECONDS = 3.0  # 75 semantic frames: 2 semantic, 5 coarse and 11 fine windows
 TEXTS = ["a calm piano piece", "fast drums"]
 
 
-def write_run(gin_file, model_dir, step, prepare=None, bindings=()):
-    """tests/semantic/conftest.py's `write_run` with extra gin bindings (a stage's layout)."""
+def write_run(gin_file, model_dir, step, bindings=(), mark_codebooks=False):
+    """A run directory `mufm.train.restore.load` reads, holding the inference model alone
+    with small random weights. tests/semantic/conftest.py's `write_run` initialises the
+    whole train state through the trainer (discriminators and optimizers too: ~20 s of
+    compiling for the codec on a busy CPU); the loader only ever reads the inference
+    sub-tree, so that is all this writes. `mark_codebooks`: the codec's random codebooks
+    marked initialised (any codebook decodes codes to finite audio)."""
     import gin
+    from flax import nnx
 
     from mufm.gin_flags import parse
-    from mufm.parallel.logical import sharding_context
-    from mufm.parallel.mesh import MeshConfig
     from mufm.train.checkpoint import CheckpointConfig, Checkpointer
-    from mufm.train.loop import RunConfig, build_program
     from mufm.train.restore import write_model_config
 
     parse([gin_file], [f'MODEL_DIR="{model_dir}"', "TRAIN_STEPS=1", *bindings])
     try:
         task = gin.query_parameter("train.task").scoped_configurable_fn()
-        run = RunConfig(model_dir=model_dir, train_steps=1)
     finally:
         gin.clear_config()
-    program = build_program(task, MeshConfig(), run, devices=jax.devices()[:1])
-    with sharding_context(program.mesh, program.rules):
-        state = program.initialize(0)
-        if prepare is not None:
-            state = prepare(program, state)
+    # Shapes only, then numpy noise: initialising the codec and MuLan op by op (or jitted)
+    # costs ~10 s each on a busy CPU, and no test here depends on what the weights are.
+    abstract = nnx.eval_shape(lambda: type(task).inference_model(task.model_configs(),
+                                                                 nnx.Rngs(0)))
+    _, params, rest = nnx.split(abstract, nnx.Param, ...)
+    rng = np.random.default_rng(0)
+    noise = lambda v: (0.05 * rng.standard_normal(v.shape)).astype(v.dtype)
+    params = jax.tree.map(noise, nnx.to_pure_dict(params))
+    rest = jax.tree.map(noise, nnx.to_pure_dict(rest))
+    if mark_codebooks:
+        rest["quantizer"]["initialized"] = np.ones_like(rest["quantizer"]["initialized"])
+    sub = type(task).inference_path
+    wrap = (lambda t: {sub: t}) if sub else (lambda t: t)
+    state = {"params": wrap(params)}
+    if jax.tree.leaves(rest):
+        state["model_state"] = wrap(rest)
     write_model_config(model_dir, task)
     ckpt = Checkpointer(model_dir, CheckpointConfig(save_every=1, async_save=False))
     ckpt.save(step, state, {}, force=True)
@@ -62,7 +75,7 @@ def runs(tmp_path_factory):
     from mufm.mulan.tokens import MuLanTokens
 
     root = tmp_path_factory.mktemp("cascade_runs")
-    out = {"codec": write_run(CODEC_GIN, str(root / "codec"), 1, _initialise_codebooks),
+    out = {"codec": write_run(CODEC_GIN, str(root / "codec"), 1, mark_codebooks=True),
            "mulan": write_run(MULAN_GIN, str(root / "mulan"), 0)}
     emb = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
     MuLanTokens.fit(emb / np.linalg.norm(emb, axis=1, keepdims=True), num_levels=3,
