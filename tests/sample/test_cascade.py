@@ -156,13 +156,16 @@ def test_each_window_carries_the_previous_ones_last_tokens(tokens, stage, levels
         assert all(w.start % 2 == 0 for w, _ in windows)  # whole semantic frames
 
 
-def test_a_prefix_continues_the_sample_it_was_cut_from(cascade):
+@pytest.mark.parametrize("config", [SamplingConfig(temperature=1.0),
+                                    SamplingConfig(temperature=1.0, cfg_scale=3.0)])
+def test_a_prefix_continues_the_sample_it_was_cut_from(cascade, config):
     """Sampling with the first frames of a sample as prefix, with the same key (the noise is
-    per position), reproduces the sample: the prefix sits at its training positions."""
+    per position), reproduces the sample: the prefix sits at its training positions (in
+    the null rows of guidance too)."""
     model, layout = cascade._modules["coarse"], cascade.stages["coarse"][1]
     rng = np.random.default_rng(0)
     ex = [{"mulan": rng.integers(0, 16, 3), "semantic": rng.integers(0, 8, 25)} for _ in range(2)]
-    key, config = jax.random.key(3), SamplingConfig(temperature=1.0)
+    key = jax.random.key(3)
     full = generate_stage(model, layout, ex, 10, config, key)
     cut = [dict(e, acoustic=c[:4]) for e, c in zip(ex, full)]
     again = generate_stage(model, layout, cut, 10, config, key, prefix_frames=4)
@@ -178,6 +181,10 @@ def test_bad_inputs_are_refused_before_compute(cascade):
                                   (["a tune"], 10_000.0, "over the limit")):
         with pytest.raises(CascadeError, match=match):
             cascade.generate(texts, seconds, progress=False)
+    with pytest.raises(CascadeError, match="unknown stages"):
+        cascade.generate(["a tune"], 1.0, configs={"codec": SamplingConfig()}, progress=False)
+    with pytest.raises(CascadeError, match="not a SamplingConfig"):
+        cascade.generate(["a tune"], 1.0, configs={"fine": 0.4}, progress=False)
 
 
 def test_runs_that_do_not_fit_are_refused(runs):
