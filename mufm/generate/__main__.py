@@ -53,13 +53,15 @@ def main(argv=None) -> int:
     if args.num_samples < 1:
         print(f"{prog}: error: --num_samples={args.num_samples} must be >= 1", file=sys.stderr)
         return 2
-    from mufm.sample.cascade import MAX_SECONDS, Cascade, CascadeError
+    from mufm.sample.cascade import MAX_SECONDS, Cascade, CascadeError, check_inputs
 
     try:
-        cascade = Cascade.load(args.mulan, args.semantic, args.coarse, args.fine, args.codec,
-                               overlap=args.overlap, max_seconds=args.max_seconds or MAX_SECONDS)
-        texts = [t for t in cascade.check_inputs(args.text, args.seconds)
+        max_seconds = args.max_seconds or MAX_SECONDS
+        # The captions first: a typo should not cost loading five models.
+        texts = [t for t in check_inputs(args.text, args.seconds, max_seconds)
                  for _ in range(args.num_samples)]
+        cascade = Cascade.load(args.mulan, args.semantic, args.coarse, args.fine, args.codec,
+                               overlap=args.overlap, max_seconds=max_seconds)
         t0 = time.perf_counter()
         audio = cascade.generate(texts, args.seconds, seed=args.seed,
                                  progress=not args.no_progress)

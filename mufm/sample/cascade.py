@@ -145,6 +145,26 @@ def check_layouts(mulan: tuple[int, int], semantic: StageLayout, coarse: StageLa
          f"the fine stage's window has {cond.frames} coarse frames but {target.frames} fine ones")
 
 
+def check_inputs(texts: Sequence[str], seconds: float, max_seconds: float = MAX_SECONDS
+                 ) -> list[str]:
+    """The captions as a list, or CascadeError: no caption, an empty one, seconds <= 0 or
+    over `max_seconds`. Needs no model, so a front end can call it before loading any."""
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise CascadeError("no text given: pass at least one caption")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise CascadeError(f"text {i} is empty: every caption needs some words")
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        raise CascadeError(f"seconds={seconds!r}: must be a positive number")
+    if seconds > max_seconds:
+        raise CascadeError(f"seconds={seconds:g} is over the limit of {max_seconds:g} s "
+                           f"(max_seconds)")
+    return texts
+
+
 # -- the cascade -----------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -202,20 +222,7 @@ class Cascade:
         return min(int(round(window * self.overlap)), window - 1)
 
     def check_inputs(self, texts: Sequence[str], seconds: float) -> list[str]:
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not texts:
-            raise CascadeError("no text given: pass at least one caption")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise CascadeError(f"text {i} is empty: every caption needs some words")
-        if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
-            raise CascadeError(f"seconds={seconds!r}: must be a positive number")
-        if seconds > self.max_seconds:
-            raise CascadeError(f"seconds={seconds:g} is over the limit of {self.max_seconds:g} s "
-                               f"(Cascade.max_seconds)")
-        return texts
+        return check_inputs(texts, seconds, self.max_seconds)
 
     def generate_tokens(self, texts: Sequence[str], seconds: float, *, seed: int = 0,
                         key: jax.Array | None = None, configs: dict | None = None,
