@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mufm.lm.layouts import StageLayout, range_mask
+from mufm.lm.layouts import MISSING, StageLayout, range_mask
 
 
 @gin.configurable
@@ -202,28 +202,72 @@ def sample_uncached(model, prompts, num_tokens: int, lo, hi, config: SamplingCon
     return jnp.stack(out, axis=1)
 
 
-def stage_prompts(layout: StageLayout, examples: Sequence[dict], config: SamplingConfig) -> np.ndarray:
-    """The sampler's batch: conditional prompts, then (with guidance) the null ones."""
-    rows = [layout.prompt(e) for e in examples]
-    if config.guided:
-        rows += [layout.prompt(e, drop_conditioning=True) for e in examples]
+def _with_prefix(layout: StageLayout, example: dict, prefix_frames: int) -> dict:
+    """`example` with the target's levels MISSING from frame `prefix_frames` on, so that
+    encoding it gives the conditioning, the target's BOS and exactly the prefix. The other
+    levels of the target's stream stay: stage 3 reads its coarse conditioning from the same
+    `acoustic` array as its fine target."""
+    seg = layout.target
+    if seg.stream not in example:
+        raise ValueError(f"stage {layout.name!r}: a target prefix of {prefix_frames} frames needs "
+                         f"the example's {seg.stream!r}")
+    codes = np.array(example[seg.stream], dtype=np.int64)  # a copy: the caller's stays
+    if len(codes) < prefix_frames:
+        raise ValueError(f"stage {layout.name!r}: a prefix of {prefix_frames} frames, the "
+                         f"example's {seg.stream!r} has {len(codes)}")
+    if seg.stream == "semantic":
+        codes = codes[:prefix_frames]
+    else:
+        codes[prefix_frames:, seg.first_level:seg.first_level + seg.num_levels] = MISSING
+    return dict(example, **{seg.stream: codes})
+
+
+def stage_prompts(layout: StageLayout, examples: Sequence[dict], config: SamplingConfig,
+                  prefix_frames: int = 0) -> np.ndarray:
+    """The sampler's batch: conditional prompts, then (with guidance) the null ones. With
+    `prefix_frames`, each prompt goes on with the first frames of the example's target (a
+    sliding window's carried overlap), encoded by the layout as in training."""
+    if not prefix_frames:
+        rows = [layout.prompt(e) for e in examples]
+        if config.guided:
+            rows += [layout.prompt(e, drop_conditioning=True) for e in examples]
+        return np.stack(rows).astype(np.int32)
+    if layout.target.pattern != "frame_major":
+        raise ValueError(f"stage {layout.name!r}: a target prefix needs the frame-major "
+                         f"pattern, not {layout.target.pattern!r}")
+    length = layout.prompt_length + layout.target.num_tokens(prefix_frames)
+    drops = [False] * len(examples) + ([True] * len(examples) if config.guided else [])
+    rows = []
+    for e, drop in zip(list(examples) * (2 if config.guided else 1), drops):
+        ids = layout.encode(_with_prefix(layout, e, prefix_frames),
+                            drop_conditioning=drop)["decoder_target_tokens"]
+        if len(ids) != length:  # a prefix frame was MISSING: it would shorten the prompt
+            raise ValueError(f"stage {layout.name!r}: the target prefix must hold "
+                             f"{prefix_frames} whole frames of codes")
+        rows.append(ids)
     return np.stack(rows).astype(np.int32)
 
 
 def generate_stage(loaded_or_module: Any, layout: StageLayout, examples: Sequence[dict],
                    target_frames: int | None, config: SamplingConfig,
-                   key: jax.Array) -> np.ndarray:
+                   key: jax.Array, *, prefix_frames: int = 0) -> np.ndarray:
     """Samples the target of `layout` for each example: numpy codes in the target
     stream's shape per example ([b, frames, levels]; [b, frames] for semantic), as
-    `layout.decode` reads them back from the full sequences."""
+    `layout.decode` reads them back from the full sequences. With `prefix_frames`, the
+    first frames of each example's target are given (prefilled after the target's BOS)
+    and come back verbatim; only the frames after them are sampled."""
     model = loaded_or_module.module() if hasattr(loaded_or_module, "module") else loaded_or_module
-    prompts = stage_prompts(layout, examples, config)
-    if prompts.shape[1] != layout.prompt_length:  # the target's BOS ends the prompt
-        raise AssertionError(f"prompt of {prompts.shape[1]} tokens, layout says "
-                             f"{layout.prompt_length}")
-    lo, hi = layout.allowed_ranges(target_frames=target_frames)  # validates target_frames
     frames = layout.target.frames if target_frames is None else int(target_frames)
-    num_tokens = layout.target.num_tokens(frames)  # frame-major: frames x levels
+    if not 0 <= prefix_frames <= frames:
+        raise ValueError(f"stage {layout.name!r}: prefix_frames={prefix_frames} outside "
+                         f"[0, target_frames={frames}]")
+    prompts = stage_prompts(layout, examples, config, prefix_frames)
+    prefix_tokens = layout.target.num_tokens(prefix_frames)
+    if prompts.shape[1] != layout.prompt_length + prefix_tokens:  # BOS ends the prompt
+        raise AssertionError(f"prompt of {prompts.shape[1]} tokens, layout says "
+                             f"{layout.prompt_length} + {prefix_tokens}")
+    lo, hi = layout.allowed_ranges(target_frames=target_frames)  # validates target_frames
+    num_tokens = layout.target.num_tokens(frames) - prefix_tokens  # frame-major
     assert len(lo) == prompts.shape[1] + num_tokens
     ids = np.asarray(sample(model, prompts, num_tokens, lo, hi, config, key))
     full = np.concatenate([prompts[:len(examples)], ids], axis=1)
