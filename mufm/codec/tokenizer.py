@@ -152,23 +152,71 @@ def decode_chunked(graphdef, params, codebook_state, codes, *, chunk_frames: int
                    block_frames: Block = "auto",
                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Like `decode` on host codes [b, t, q'] of any length, one chunk at a time."""
-    model = nnx.merge(graphdef, params, codebook_state)
-    cfg = model.cfg
+    cfg = nnx.merge(graphdef, params, codebook_state).cfg
     codes = check_codes(codes, num_levels=cfg.num_levels, codebook_size=cfg.codebook_size)
-    b, total, q = codes.shape
-    block = _block(block_frames, chunk_frames, b)
-    padded = np.zeros((b, -(-total // chunk_frames) * chunk_frames, q), np.int32)
-    padded[:, :total] = codes
+    b, total, _ = codes.shape
+    decoder = StreamDecoder(graphdef, params, codebook_state, b, chunk_frames=chunk_frames,
+                            block_frames=block_frames, levels=codes.shape[2])
     out = np.zeros((b, total * cfg.hop), np.float32)
-    state = model.decoder.init_stream(b)
+    done = 0
     for start in range(0, total, chunk_frames):
-        audio, state = decode_stream(graphdef, params, codebook_state,
-                                     jnp.asarray(padded[:, start:start + chunk_frames]), state, block)
-        end = min(start + chunk_frames, total)
-        out[:, start * cfg.hop:end * cfg.hop] = np.asarray(audio)[:, :(end - start) * cfg.hop]
+        piece = codes[:, start:start + chunk_frames]
+        audio = decoder.push(piece) if piece.shape[1] == chunk_frames else decoder.flush(piece)
+        out[:, done:done + audio.shape[1]] = audio
+        done += audio.shape[1]
         if progress:
-            progress(end, total)
+            progress(min(start + chunk_frames, total), total)
     return out
+
+
+class StreamDecoder:
+    """Decodes codes as they arrive: `push(codes)` returns the audio of every whole chunk of
+    `chunk_frames` now complete, carrying the causal decoder's state from chunk to chunk;
+    `flush()` decodes what is left (padded to a chunk, the padding's audio dropped). The
+    audio is that of one `decode_chunked` over all the codes with the same chunks, so a
+    player can start on it before the rest of the codes exist."""
+
+    def __init__(self, graphdef, params, codebook_state, batch: int, *,
+                 chunk_frames: int = 1500, block_frames: Block = "auto",
+                 levels: int | None = None):
+        model = nnx.merge(graphdef, params, codebook_state)
+        self.cfg = model.cfg
+        self._parts = (graphdef, params, codebook_state)
+        self._block = _block(block_frames, chunk_frames, batch)
+        self._state = model.decoder.init_stream(batch)
+        self.chunk_frames = chunk_frames
+        self._pending = np.zeros((batch, 0, levels or self.cfg.num_levels), np.int32)
+
+    def _decode(self, chunk: np.ndarray) -> np.ndarray:
+        audio, self._state = decode_stream(*self._parts, jnp.asarray(chunk), self._state,
+                                           self._block)
+        return np.asarray(audio)
+
+    def push(self, codes) -> np.ndarray:
+        """float32 [b, samples] of the whole chunks complete after `codes` [b, t, q']."""
+        codes = check_codes(codes, num_levels=self.cfg.num_levels,
+                            codebook_size=self.cfg.codebook_size)
+        pending = np.concatenate([self._pending, codes], axis=1)
+        whole = pending.shape[1] // self.chunk_frames * self.chunk_frames
+        out = [self._decode(pending[:, s:s + self.chunk_frames])
+               for s in range(0, whole, self.chunk_frames)]
+        self._pending = pending[:, whole:]
+        return (np.concatenate(out, axis=1) if out
+                else np.zeros((pending.shape[0], 0), np.float32))
+
+    def flush(self, codes=None) -> np.ndarray:
+        """`push(codes)` and then the audio of the frames left over."""
+        head = self.push(codes) if codes is not None else np.zeros((self._pending.shape[0], 0),
+                                                                   np.float32)
+        left = self._pending.shape[1]
+        if not left:
+            return head
+        padded = np.zeros((self._pending.shape[0], self.chunk_frames, self._pending.shape[2]),
+                          np.int32)
+        padded[:, :left] = self._pending
+        self._pending = self._pending[:, :0]
+        tail = self._decode(padded)[:, :left * self.cfg.hop]
+        return np.concatenate([head, tail], axis=1)
 
 
 def _block(block_frames: Block, chunk_frames: int, batch: int) -> int | None:

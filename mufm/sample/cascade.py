@@ -2,36 +2,50 @@
 semantic tokens (stage 1) -> coarse acoustic levels (stage 2) -> fine levels (stage 3) ->
 codec decoder -> 24 kHz waveform.
 
-Each stage LM was trained on fixed windows (its layout's segment frames), so a clip longer
-than a window is generated with sliding windows: the first window from the conditioning
-alone, every next one starting `overlap` of a window before the end of what exists, with
-those overlapping frames given as a prefix of the target (prefilled after its BOS, kept
-verbatim) and only the frames after them sampled. A window never runs past the clip: the
-last one starts earlier instead (a longer prefix), so every window but a clip shorter than
-one is full and sees as much context as the stage was trained with.
+Every stage slides over the clip in windows of the length it was trained on
+(mufm/sample/windows.py), carrying `overlap` of a window into the next as the target's
+prefix:
 
 - semantic: windows of the stage-1 target frames, prompt [mulan].
 - coarse: windows of the stage-2 coarse frames C = 2 S (25 Hz semantic frame k is 50 Hz
-  acoustic frames 2k, 2k + 1), conditioned on [mulan] and the S semantic frames of the
+  acoustic frames 2k, 2k + 1), conditioned on [mulan] and the semantic frames of the
   window's span; window starts are whole semantic frames.
 - fine: windows of the stage-3 fine frames, conditioned on the coarse codes of the span.
 
-`Cascade.load` reads every run's config and checks that the five runs fit together before
-loading any weights; `generate` validates its inputs before any compute.
+The stages run interleaved, each pulling the windows it needs from the one before, and the
+codec decodes the fine frames as they are finished: `Cascade.stream` yields audio while
+the rest is still being sampled, and everything the cascade holds (`Track`s and the
+decoder's state) is bounded by the windows, not by the length asked for. `generate` is
+`stream` gathered.
+
+- **Story mode** (`generate_story`): a list of (caption, seconds); the semantic and coarse
+  windows never sample across a boundary, and each is conditioned on the caption of the
+  part it samples, so the conditioning changes exactly at the boundaries (the carried
+  prefix still comes from the part before: the music goes on, the caption changes).
+- **Continuation** (`generate_continuation`): an audio prompt cut to whole semantic frames,
+  tokenized by the semantic tokenizer and the codec; its semantic, coarse and fine tokens
+  are the first frames of every stage's stream, kept verbatim, so every stage continues
+  the prompt (the acoustic prefixes as much as the semantic one). Conditioned on captions
+  if given, else on the MuLan tokens of the prompt's own audio.
+
+`Cascade.load` reads every run's config and checks that the runs fit together before
+loading any weights; every request is validated before any compute.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
 from mufm.lm.layouts import ACOUSTIC_HZ, MISSING, SEMANTIC_HZ, StageLayout
 from mufm.sample.decode import SamplingConfig, generate_stage
+from mufm.sample.windows import CascadeError, Track, Window, plan_windows
 
 # MusicLM's temperatures (Agostinelli et al. 2023, sec. 3.3): 1.0, 0.95, 0.4.
 DEFAULT_CONFIGS = {
@@ -40,34 +54,12 @@ DEFAULT_CONFIGS = {
     "fine": SamplingConfig(temperature=0.4),
 }
 STAGES = ("semantic", "coarse", "fine")
-MAX_SECONDS = 300.0
+MAX_SECONDS = 1200.0
+MIN_PROMPT_SECONDS = 1.0
+SAMPLES_PER_SEMANTIC_FRAME = 24_000 // SEMANTIC_HZ
 
-
-class CascadeError(ValueError):
-    """Runs that do not fit together, or input the cascade cannot generate from: one line."""
-
-
-class Window(NamedTuple):
-    """One sliding window of a stage, in the stage's target frames: it covers
-    [start, start + frames), of which the first `prefix` were carried over."""
-    start: int
-    prefix: int
-    frames: int
-
-
-def plan_windows(total: int, window: int, keep: int) -> list[Window]:
-    """Windows covering `total` frames: each next one starts `keep` frames before the end
-    of the last, or earlier where it would run past `total` (so it stays full)."""
-    if window < 1 or not 0 <= keep < window:
-        raise CascadeError(f"sliding windows need window >= 1 and 0 <= keep < window, got "
-                           f"window={window}, keep={keep}")
-    first = Window(0, 0, min(window, total))
-    out, end = [first], first.frames
-    while end < total:
-        start = min(end - keep, total - window)
-        out.append(Window(start, end - start, window))
-        end = start + window
-    return out
+__all__ = ["Cascade", "CascadeError", "Request", "Sampled", "Window", "check_inputs",
+           "check_layouts", "check_story", "plan_windows"]
 
 
 # -- reading and checking the runs ------------------------------------------------------------
@@ -157,38 +149,128 @@ def check_inputs(texts: Sequence[str], seconds: float, max_seconds: float = MAX_
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise CascadeError(f"text {i} is empty: every caption needs some words")
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
-        raise CascadeError(f"seconds={seconds!r}: must be a positive number")
-    if seconds > max_seconds:
-        raise CascadeError(f"seconds={seconds:g} is over the limit of {max_seconds:g} s "
-                           f"(max_seconds)")
+    _check_seconds(seconds, max_seconds)
     return texts
+
+
+def _check_seconds(seconds: float, max_seconds: float, what: str = "seconds") -> float:
+    if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+            or not math.isfinite(seconds) or seconds <= 0):
+        raise CascadeError(f"{what}={seconds!r}: must be a positive number")
+    if seconds > max_seconds:
+        raise CascadeError(f"{what}={seconds:g} is over the limit of {max_seconds:g} s "
+                           f"(max_seconds)")
+    return float(seconds)
+
+
+def parse_story(spec: str) -> list[tuple[str, float]]:
+    """"caption@seconds;caption@seconds;..." (the CLI's --story) -> [(caption, seconds)]."""
+    parts = [p for p in spec.split(";") if p.strip()]
+    if not parts:
+        raise CascadeError(f"--story {spec!r}: give 'caption@seconds;caption@seconds;...'")
+    out = []
+    for i, part in enumerate(parts):
+        text, at, seconds = part.rpartition("@")
+        if not at:
+            raise CascadeError(f"--story part {i} {part!r}: no '@seconds' (e.g. 'soft piano@10')")
+        try:
+            out.append((text.strip(), float(seconds)))
+        except ValueError:
+            raise CascadeError(f"--story part {i} {part!r}: {seconds!r} is not a number of "
+                               f"seconds") from None
+    return out
+
+
+def check_story(story: Sequence[tuple[str, float]], max_seconds: float = MAX_SECONDS
+                ) -> tuple[list[str], list[int]]:
+    """(captions, the semantic frame each part ends at) of a story, or
+    CascadeError: no part, an empty caption, a part under one semantic frame, a total
+    over `max_seconds`."""
+    story = list(story)
+    if not story:
+        raise CascadeError("an empty story: give at least one (caption, seconds) part")
+    texts, ends, total = [], [], 0.0
+    for i, part in enumerate(story):
+        if not isinstance(part, (tuple, list)) or len(part) != 2:
+            raise CascadeError(f"story part {i} is {part!r}, not (caption, seconds)")
+        text, seconds = part
+        if not isinstance(text, str) or not text.strip():
+            raise CascadeError(f"story part {i}: the caption is empty")
+        _check_seconds(seconds, max_seconds, f"story part {i} seconds")
+        total += seconds
+        end = int(round(total * SEMANTIC_HZ))
+        if end <= (ends[-1] if ends else 0):
+            raise CascadeError(f"story part {i} ({seconds:g} s) is shorter than one semantic "
+                               f"frame (1/{SEMANTIC_HZ} s)")
+        texts.append(text)
+        ends.append(end)
+    _check_seconds(total, max_seconds, "the story's seconds")
+    return texts, ends
+
+
+class Request(NamedTuple):
+    """A checked request: what every row is conditioned on and how long it is."""
+    texts: list[list[str]]  # per row, the caption of each part ([] for audio conditioning)
+    mulan: np.ndarray  # [rows, parts, levels] conditioning tokens
+    cuts: tuple[int, ...]  # the semantic frame each part after the first starts at
+    frames: int  # semantic frames of the whole clip, prompt included
+    samples: int  # audio samples of the whole clip, prompt included
+    prompt_semantic: np.ndarray | None = None  # [rows, P] tokens of an audio prompt
+    prompt_acoustic: np.ndarray | None = None  # [rows, 2 P, codec levels]
+
+    @property
+    def rows(self) -> int:
+        return len(self.mulan)
+
+    @property
+    def prompt_frames(self) -> int:
+        return 0 if self.prompt_semantic is None else self.prompt_semantic.shape[1]
+
+    def part(self, frame: int) -> int:
+        """The part (story segment) semantic frame `frame` is in."""
+        return bisect.bisect_right(self.cuts, frame)
+
+
+class Sampled(NamedTuple):
+    """One window as a stage sampled it (`generate_tokens(..., record=True)`)."""
+    window: Window  # in the stage's target frames
+    codes: np.ndarray  # [rows, frames] semantic, [rows, frames, levels] acoustic
+    part: int  # the story part whose caption conditioned it
 
 
 # -- the cascade -----------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Cascade:
-    """The five trained models, loaded once. `generate` turns captions into audio."""
+    """The trained models, loaded once. `generate`, `generate_story` and
+    `generate_continuation` turn requests into audio; `stream` yields it as it is made."""
     mulan: Any  # mufm.mulan.embed.MuLan, with fitted tokens
     stages: dict  # name -> (LoadedModel, StageLayout), for semantic, coarse, fine
     codec: Any  # LoadedModel of the codec
+    semantic_tokenizer: Any = None  # mufm.semantic.tokens.SemanticTokenizer: continuation only
     overlap: float = 0.5  # of a window, carried into the next one as the target's prefix
     max_seconds: float = MAX_SECONDS
+    configs: dict | None = None  # stage -> SamplingConfig; DEFAULT_CONFIGS where missing
 
     def __post_init__(self):
         if not 0 <= self.overlap < 1:
             raise CascadeError(f"overlap={self.overlap}: must be in [0, 1)")
         if not self.max_seconds > 0:
             raise CascadeError(f"max_seconds={self.max_seconds}: must be > 0")
+        self.configs = _sampling_configs(DEFAULT_CONFIGS, self.configs)
         # Modules merged once: `generate_stage` would merge one per window otherwise.
         self._modules = {name: loaded.module() for name, (loaded, _) in self.stages.items()}
         self.timings: dict[str, float] = {}
+        self.held: dict[str, int] = {}  # the most frames each track held in the last run
+        self.last_run: _Run | None = None  # the request being (or last) generated
 
     @classmethod
     def load(cls, mulan_dir: str, semantic_dir: str, coarse_dir: str, fine_dir: str,
-             codec_dir: str, **kwargs) -> "Cascade":
-        """Checks the runs fit together from their configs alone, then loads the weights."""
+             codec_dir: str, *, semantic_tokenizer: str | None = None,
+             semantic_tokens: str | None = None, **kwargs) -> "Cascade":
+        """Checks the runs fit together from their configs alone, then loads the weights.
+        `semantic_tokenizer` (a semantic run; its k-means in `semantic_tokens`, default
+        <run>/semantic_tokens) is needed for continuations only."""
         from mufm.codec.restore import load_codec
         from mufm.mulan.embed import TOKENS_DIR, MuLan
         from mufm.mulan.tokens import MuLanTokens
@@ -210,9 +292,14 @@ class Cascade:
         check_layouts((tokens.num_levels, tokens.codebook_size), layouts["semantic"],
                       layouts["coarse"], layouts["fine"],
                       (codec_cfg.num_levels, codec_cfg.codebook_size))
+        tokenizer = None
+        if semantic_tokenizer:
+            tokenizer = _semantic_tokenizer(semantic_tokenizer, semantic_tokens,
+                                            layouts["semantic"].target.codebook_size)
         stages = {name: (load(path, family="lm"), layouts[name]) for name, path in
                   zip(STAGES, (semantic_dir, coarse_dir, fine_dir))}
-        return cls(mulan=MuLan.load(mulan_dir), stages=stages, codec=load_codec(codec_dir), **kwargs)
+        return cls(mulan=MuLan.load(mulan_dir), stages=stages, codec=load_codec(codec_dir),
+                   semantic_tokenizer=tokenizer, **kwargs)
 
     @property
     def sample_rate(self) -> int:
@@ -224,134 +311,345 @@ class Cascade:
     def check_inputs(self, texts: Sequence[str], seconds: float) -> list[str]:
         return check_inputs(texts, seconds, self.max_seconds)
 
-    def generate_tokens(self, texts: Sequence[str], seconds: float, *, seed: int = 0,
-                        key: jax.Array | None = None, configs: dict | None = None,
-                        progress: bool = True) -> dict:
-        """Every stage's tokens for `texts`: {"mulan" [n, levels], "semantic" [n, frames at
-        25 Hz], "acoustic" [n, 2 x frames, codec levels], "windows": {stage: [(Window,
-        codes [n, frames, ...]) ...]}} (the windows as sampled, for inspection)."""
+    # -- requests: checked before any compute ---------------------------------------------
+
+    def text_request(self, texts: Sequence[str], seconds: float, num_samples: int = 1) -> Request:
+        """`num_samples` clips per caption (caption-major) of `seconds` each."""
         texts = self.check_inputs(texts, seconds)
-        configs = dict(DEFAULT_CONFIGS, **(configs or {}))
-        unknown = set(configs) - set(STAGES)
-        if unknown:
-            raise CascadeError(f"configs for unknown stages {sorted(unknown)}; use {STAGES}")
-        for name, config in configs.items():
-            if not isinstance(config, SamplingConfig):
-                raise CascadeError(f"configs[{name!r}] is a {type(config).__name__}, not a "
-                                   f"SamplingConfig")
-        key = jax.random.key(seed) if key is None else key
-        semantic_frames = math.ceil(seconds * SEMANTIC_HZ - 1e-9)
-        self.timings = {}
+        rows = [t for t in texts for _ in range(_check_samples(num_samples))]
+        mulan = np.asarray(self._timed_mulan(lambda: self.mulan.tokens_text(rows)))
+        return Request(texts=[[t] for t in rows], mulan=mulan[:, None], cuts=(),
+                       frames=math.ceil(seconds * SEMANTIC_HZ - 1e-9),
+                       samples=int(round(seconds * self.sample_rate)))
+
+    def story_request(self, story: Sequence[tuple[str, float]], num_samples: int = 1) -> Request:
+        """One clip per sample that plays the story's parts in turn, each part conditioned
+        on its caption; the parts' lengths are rounded to whole semantic frames (40 ms)."""
+        texts, ends = check_story(story, self.max_seconds)
+        n = _check_samples(num_samples)
+        parts = np.asarray(self._timed_mulan(lambda: self.mulan.tokens_text(texts)))
+        return Request(texts=[texts] * n, mulan=np.repeat(parts[None], n, axis=0),
+                       cuts=tuple(ends[:-1]), frames=ends[-1],
+                       samples=ends[-1] * self.sample_rate // SEMANTIC_HZ)
+
+    def continuation_request(self, prompt, seconds: float, *, sample_rate: int | None = None,
+                             texts: Sequence[str] | None = None, num_samples: int = 1) -> Request:
+        """`seconds` more after an audio prompt (a file path, or a mono waveform at
+        `sample_rate`), cut to whole semantic frames and kept verbatim at the start of
+        every stream; conditioned on `texts` (num_samples clips per caption) or, without
+        them, on the prompt's own MuLan audio tokens."""
+        from mufm.codec.tokenizer import encode_chunked
+
+        if self.semantic_tokenizer is None:
+            raise CascadeError("a continuation needs the semantic tokenizer: load the cascade "
+                               "with semantic_tokenizer=<semantic run> (GenerateConfig."
+                               "semantic_tokenizer, --semantic_tokenizer)")
+        wave = self._prompt_waveform(prompt, sample_rate)
+        p = len(wave) // SAMPLES_PER_SEMANTIC_FRAME
+        prompt_seconds = p / SEMANTIC_HZ
+        if prompt_seconds < MIN_PROMPT_SECONDS:
+            raise CascadeError(f"the audio prompt is {len(wave) / self.sample_rate:.2f} s long; "
+                               f"a continuation needs at least {MIN_PROMPT_SECONDS:g} s")
+        _check_seconds(seconds, self.max_seconds)
+        _check_seconds(prompt_seconds + seconds, self.max_seconds,
+                       "the prompt's seconds + seconds")
+        n = _check_samples(num_samples)
+        if texts is not None:
+            texts = check_inputs(texts, seconds, self.max_seconds)
+        wave = wave[:p * SAMPLES_PER_SEMANTIC_FRAME]
         t0 = time.perf_counter()
-        mulan = np.asarray(self.mulan.tokens_text(texts))
-        self.timings["mulan"] = time.perf_counter() - t0
-        windows = {}
-        semantic, windows["semantic"] = self._timed("semantic", self._semantic, mulan,
-                                                    semantic_frames, configs["semantic"],
-                                                    jax.random.fold_in(key, 1), progress)
-        coarse, windows["coarse"] = self._timed("coarse", self._coarse, mulan, semantic,
-                                                configs["coarse"], jax.random.fold_in(key, 2),
-                                                progress)
-        acoustic, windows["fine"] = self._timed("fine", self._fine, coarse, configs["fine"],
-                                                jax.random.fold_in(key, 3), progress)
-        return {"mulan": mulan, "semantic": semantic, "acoustic": acoustic, "windows": windows}
+        semantic = np.asarray(self.semantic_tokenizer.encode_chunked(wave), np.int64)[:p]
+        acoustic = np.asarray(encode_chunked(*self.codec.parts, wave[None])[0], np.int64)[:2 * p]
+        self.timings = {"prompt": time.perf_counter() - t0}
+        if texts is None:
+            mulan = np.asarray(self.mulan.tokens_audio(wave))[None, None].repeat(n, axis=0)
+            rows = [[] for _ in range(n)]
+        else:
+            captions = [t for t in texts for _ in range(n)]
+            mulan = np.asarray(self.mulan.tokens_text(captions))[:, None]
+            rows = [[t] for t in captions]
+        m = len(mulan)
+        return Request(texts=rows, mulan=mulan, cuts=(),
+                       frames=p + math.ceil(seconds * SEMANTIC_HZ - 1e-9),
+                       samples=len(wave) + int(round(seconds * self.sample_rate)),
+                       prompt_semantic=np.repeat(semantic[None], m, axis=0),
+                       prompt_acoustic=np.repeat(acoustic[None], m, axis=0))
 
-    def generate(self, texts: Sequence[str], seconds: float, **kwargs) -> np.ndarray:
-        """float32 [n, round(seconds x sample_rate)] audio at the codec's rate (24 kHz) for
-        the n captions; keywords as `generate_tokens` (seed or key, configs per stage,
-        progress)."""
-        from mufm.codec.tokenizer import decode_chunked
+    def _prompt_waveform(self, prompt, sample_rate: int | None) -> np.ndarray:
+        from mufm.audio.decode import DecodePolicy, load, waveform_problem
+        from mufm.audio.io import AudioReadError
+        from mufm.audio.resample import resample
 
-        tokens = self.generate_tokens(texts, seconds, **kwargs)
+        if isinstance(prompt, (str, os.PathLike)):
+            try:
+                return load(os.fspath(prompt), policy=DecodePolicy(sample_rate=self.sample_rate,
+                                                                   min_seconds=0.0))
+            except (AudioReadError, OSError, RuntimeError) as e:
+                raise CascadeError(f"audio prompt {prompt}: unreadable ({e})") from None
+        wave = np.asarray(prompt)
+        if wave.ndim == 2 and 1 in wave.shape:
+            wave = wave.reshape(-1)
+        if wave.ndim != 1 or sample_rate is None:
+            raise CascadeError(f"an audio prompt array must be mono [samples] with its "
+                               f"sample_rate, got shape {wave.shape}, sample_rate={sample_rate}")
+        problem = waveform_problem(wave, sample_rate=sample_rate, expected_rate=sample_rate)
+        if problem:
+            raise CascadeError(f"audio prompt: {problem}")
+        wave = wave.astype(np.float32)
+        return wave if sample_rate == self.sample_rate else resample(wave, sample_rate,
+                                                                     self.sample_rate)
+
+    def _timed_mulan(self, fn):
         t0 = time.perf_counter()
-        audio = decode_chunked(*self.codec.parts, tokens["acoustic"])
-        self.timings["codec"] = time.perf_counter() - t0
-        return audio[:, :int(round(seconds * self.sample_rate))].astype(np.float32)
-
-    # -- the stages ----------------------------------------------------------------------
-
-    def _timed(self, name: str, fn: Callable, *args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        self.timings[name] = time.perf_counter() - t0
+        out = fn()
+        self.timings = {"mulan": time.perf_counter() - t0}
         return out
 
-    def _windows(self, name: str, plan: list[Window], examples: Callable, config, key,
-                 progress: bool, unit: int = 1):
-        """Samples each window of `plan` (in units of `unit` target frames) from
-        `examples(window)`, checks the carried prefix came back verbatim, and yields
-        (window in target frames, codes)."""
-        layout = self._stages_layout(name)
-        bar = _bar(name, len(plan), progress)
+    # -- running a request ------------------------------------------------------------------
+
+    def stream(self, request: Request, *, seed: int = 0, key: jax.Array | None = None,
+               configs: dict | None = None, progress: bool = True) -> Iterator[np.ndarray]:
+        """float32 [rows, samples] pieces of the request's audio in order, each yielded as
+        soon as the fine windows under it are finished and decoded; together they are
+        exactly `request.samples` long. `configs` overrides the sampling per stage."""
+        run = _Run(self, request, _sampling_configs(self.configs, configs),
+                   jax.random.key(seed) if key is None else key, progress, record=False)
+        self.last_run = run
+        yield from run.audio()
+
+    def tokens(self, request: Request, *, seed: int = 0, key: jax.Array | None = None,
+               configs: dict | None = None, progress: bool = True) -> dict:
+        """Every stream of the request, no audio: {"mulan" [rows, parts, levels],
+        "semantic" [rows, frames], "acoustic" [rows, 2 x frames, codec levels], "windows":
+        {stage: [Sampled ...]}} (the windows as sampled, for inspection)."""
+        run = _Run(self, request, _sampling_configs(self.configs, configs),
+                   jax.random.key(seed) if key is None else key, progress, record=True)
+        self.last_run = run
+        for _ in run.audio(decode=False):
+            pass
+        return {"mulan": request.mulan, "semantic": run.tracks["semantic"].everything(),
+                "acoustic": np.concatenate([run.tracks["coarse"].everything(),
+                                            run.tracks["fine"].everything()], axis=-1),
+                "windows": run.sampled}
+
+    def generate_tokens(self, texts: Sequence[str], seconds: float, *, num_samples: int = 1,
+                        **kwargs) -> dict:
+        """`tokens` of a text request."""
+        return self.tokens(self.text_request(texts, seconds, num_samples), **kwargs)
+
+    def generate(self, texts: Sequence[str], seconds: float, *, num_samples: int = 1,
+                 **kwargs) -> np.ndarray:
+        """float32 [captions x num_samples, round(seconds x sample_rate)] audio at the
+        codec's rate (24 kHz); keywords as `stream` (seed or key, configs, progress)."""
+        return _gather(self.stream(self.text_request(texts, seconds, num_samples), **kwargs))
+
+    def generate_story(self, story: Sequence[tuple[str, float]], *, num_samples: int = 1,
+                       **kwargs) -> np.ndarray:
+        """[num_samples, samples] audio of a story: [(caption, seconds), ...] in turn."""
+        return _gather(self.stream(self.story_request(story, num_samples), **kwargs))
+
+    def generate_continuation(self, prompt, seconds: float, *, sample_rate: int | None = None,
+                              texts: Sequence[str] | None = None, num_samples: int = 1,
+                              **kwargs) -> np.ndarray:
+        """[rows, samples] audio: the prompt (as the codec reconstructs it, cut to whole
+        40 ms frames) followed by `seconds` of continuation."""
+        request = self.continuation_request(prompt, seconds, sample_rate=sample_rate,
+                                            texts=texts, num_samples=num_samples)
+        return _gather(self.stream(request, **kwargs))
+
+
+class _Run:
+    """One request through the stages. Each stage samples its windows in order, pulling the
+    windows it needs from the stage before; `audio()` drives the fine stage and decodes
+    what is finished, and after every window each track forgets what no later window
+    (or the decoder) reads."""
+
+    def __init__(self, cascade: Cascade, request: Request, configs: dict, key: jax.Array,
+                 progress: bool, record: bool):
+        self.c, self.r, self.configs, self.record = cascade, request, configs, record
+        self.keys = {name: jax.random.fold_in(key, i + 1) for i, name in enumerate(STAGES)}
+        self.layouts = {name: cascade.stages[name][1] for name in STAGES}
+        coarse, fine = self.layouts["coarse"].target, self.layouts["fine"].target
+        n, frames, p = request.rows, request.frames, request.prompt_frames
+        self.tracks = {"semantic": Track(n, keep_all=record),
+                       "coarse": Track(n, (coarse.num_levels,), keep_all=record),
+                       "fine": Track(n, (fine.num_levels,), keep_all=record)}
+        if p:
+            self.tracks["semantic"].write(0, request.prompt_semantic)
+            self.tracks["coarse"].write(0, request.prompt_acoustic[..., :coarse.num_levels])
+            self.tracks["fine"].write(0, request.prompt_acoustic[..., coarse.num_levels:])
+        windows = {"semantic": self.layouts["semantic"].target.frames,
+                   "coarse": self.layouts["coarse"].segments[1].frames,  # semantic frames
+                   "fine": fine.frames}
+        self.plans = {
+            "semantic": plan_windows(frames, windows["semantic"],
+                                     cascade._keep(windows["semantic"]), given=p, cuts=request.cuts),
+            "coarse": plan_windows(frames, windows["coarse"], cascade._keep(windows["coarse"]),
+                                   given=p, cuts=request.cuts),
+            "fine": plan_windows(2 * frames, fine.frames, cascade._keep(fine.frames), given=2 * p),
+        }
+        # The decoder's chunk: the frames a steady fine window adds.
+        self.chunk = max(1, fine.frames - cascade._keep(fine.frames))
+        self.done = dict.fromkeys(STAGES, 0)
+        self.decoded = 0  # acoustic frames handed to the decoder
+        self.sampled = {name: [] for name in STAGES}
+        self.progress = progress
+        self.steps = {"semantic": self._semantic, "coarse": self._coarse, "fine": self._fine}
+
+    def audio(self, decode: bool = True) -> Iterator[np.ndarray]:
+        from mufm.codec.tokenizer import StreamDecoder
+
+        c = self.c
+        c.timings = dict.fromkeys(STAGES, 0.0) | {k: v for k, v in c.timings.items()
+                                                   if k in ("mulan", "prompt")}
+        if decode:
+            c.timings["codec"] = 0.0
+            decoder = StreamDecoder(*c.codec.parts, self.r.rows, chunk_frames=self.chunk)
+        self.bars = {name: _bar(name, len(self.plans[name]), self.progress, i)
+                     for i, name in enumerate(STAGES)}
+        emitted = 0
         try:
-            for i, w in enumerate(plan):
-                w = Window(w.start * unit, w.prefix * unit, w.frames * unit)
-                exs, prefix = examples(w)
-                codes = generate_stage(self._modules[name], layout, exs, w.frames, config,
-                                       jax.random.fold_in(key, i), prefix_frames=w.prefix)
-                if not np.array_equal(codes[:, :w.prefix], prefix):
-                    raise AssertionError(f"{name} window {i}: the carried prefix changed")
-                bar.update(1)
-                yield w, codes
+            while self.done["fine"] < len(self.plans["fine"]):
+                self._fine()
+                if not decode:
+                    self.decoded = self.tracks["fine"].end
+                    self._forget()
+                    continue
+                t0 = time.perf_counter()
+                last = self.done["fine"] == len(self.plans["fine"])
+                ready = self.tracks["fine"].end
+                codes = np.concatenate([self.tracks["coarse"].read(self.decoded, ready),
+                                        self.tracks["fine"].read(self.decoded, ready)], axis=-1)
+                self.decoded = ready
+                self._forget()
+                wave = decoder.flush(codes) if last else decoder.push(codes)
+                wave = wave[:, :max(0, self.r.samples - emitted)]
+                c.timings["codec"] += time.perf_counter() - t0
+                if wave.shape[1]:
+                    emitted += wave.shape[1]
+                    yield wave.astype(np.float32, copy=False)
+            if decode and emitted != self.r.samples:
+                raise AssertionError(f"decoded {emitted} samples of {self.r.samples}")
         finally:
-            bar.close()
+            for bar in self.bars.values():
+                bar.close()
+            c.held = {name: t.peak for name, t in self.tracks.items()}
 
-    def _stages_layout(self, name: str) -> StageLayout:
-        return self.stages[name][1]
+    # -- one window of each stage ---------------------------------------------------------
 
-    def _semantic(self, mulan, frames, config, key, progress):
-        layout = self._stages_layout("semantic")
-        out = np.full((len(mulan), frames), MISSING, np.int64)
+    def _sample(self, name: str, w: Window, examples: list, prefix: np.ndarray, unit: int,
+                part: int) -> tuple[Window, np.ndarray]:
+        """Samples window `w` (in units of `unit` target frames) and checks the prefix came
+        back verbatim: (the window in target frames, codes)."""
+        t0 = time.perf_counter()
+        i = self.done[name]
+        w = Window(w.start * unit, w.prefix * unit, w.frames * unit)
+        codes = generate_stage(self.c._modules[name], self.layouts[name], examples, w.frames,
+                               self.configs[name], jax.random.fold_in(self.keys[name], i),
+                               prefix_frames=w.prefix)
+        if not np.array_equal(codes[:, :w.prefix], prefix):
+            raise AssertionError(f"{name} window {i}: the carried prefix changed")
+        if self.record:
+            self.sampled[name].append(Sampled(w, codes, part))
+        self.done[name] += 1
+        self.bars[name].update(1)
+        self.c.timings[name] += time.perf_counter() - t0
+        return w, codes
 
-        def examples(w):
-            prefix = out[:, w.start:w.start + w.prefix]
-            return [{"mulan": m, "semantic": p} for m, p in zip(mulan, prefix)], prefix
+    def _window(self, name: str) -> Window:
+        return self.plans[name][self.done[name]]
 
-        plan = plan_windows(frames, layout.target.frames, self._keep(layout.target.frames))
-        done = []
-        for w, codes in self._windows("semantic", plan, examples, config, key, progress):
-            out[:, w.start:w.start + w.frames] = codes
-            done.append((w, codes))
-        return out, done
+    def _until(self, name: str, frames: int) -> None:
+        """Samples `name`'s windows until its track holds frames [.., frames)."""
+        while self.tracks[name].end < frames:
+            if self.done[name] == len(self.plans[name]):
+                raise AssertionError(f"{name}: frame {frames} asked for past its plan")
+            self.steps[name]()
 
-    def _coarse(self, mulan, semantic, config, key, progress):
-        layout = self._stages_layout("coarse")
-        span = layout.segments[1].frames  # semantic frames of a window
-        levels = layout.target.num_levels
-        out = np.full((len(mulan), 2 * semantic.shape[1], levels), MISSING, np.int64)
+    def _semantic(self) -> None:
+        w = self._window("semantic")
+        part = self.r.part(w.first_new)
+        prefix = self.tracks["semantic"].read(w.start, w.first_new)
+        examples = [{"mulan": m, "semantic": p} for m, p in zip(self.r.mulan[:, part], prefix)]
+        w, codes = self._sample("semantic", w, examples, prefix, 1, part)
+        self.tracks["semantic"].write(w.start, codes)
 
-        def examples(w):
-            s = w.start // 2  # whole semantic frames: the plan is in them
-            prefix = out[:, w.start:w.start + w.prefix]
-            return [{"mulan": m, "semantic": sem[s:s + span], "acoustic": p}
-                    for m, sem, p in zip(mulan, semantic, prefix)], prefix
+    def _coarse(self) -> None:
+        w = self._window("coarse")  # in semantic frames
+        self._until("semantic", w.end)
+        part = self.r.part(w.first_new)
+        semantic = self.tracks["semantic"].read(w.start, w.end)
+        prefix = self.tracks["coarse"].read(2 * w.start, 2 * w.first_new)
+        examples = [{"mulan": m, "semantic": s, "acoustic": p}
+                    for m, s, p in zip(self.r.mulan[:, part], semantic, prefix)]
+        w, codes = self._sample("coarse", w, examples, prefix, 2, part)
+        self.tracks["coarse"].write(w.start, codes)
 
-        plan = plan_windows(semantic.shape[1], span, self._keep(span))
-        done = []
-        for w, codes in self._windows("coarse", plan, examples, config, key, progress, unit=2):
-            out[:, w.start:w.start + w.frames] = codes
-            done.append((w, codes))
-        return out, done
+    def _fine(self) -> None:
+        w = self._window("fine")
+        self._until("coarse", w.end)
+        coarse = self.tracks["coarse"].read(w.start, w.end)
+        prefix = self.tracks["fine"].read(w.start, w.first_new)
+        # The window's coarse codes condition it; its fine levels past the prefix are
+        # MISSING, as `generate_stage` expects of a target prefix.
+        span = np.full((*coarse.shape[:2], coarse.shape[2] + prefix.shape[2]), MISSING, np.int64)
+        span[..., :coarse.shape[2]] = coarse
+        span[:, :w.prefix, coarse.shape[2]:] = prefix
+        w, codes = self._sample("fine", w, [{"acoustic": a} for a in span], prefix, 1,
+                                self.r.part(w.first_new // 2))
+        self.tracks["fine"].write(w.start, codes)
 
-    def _fine(self, coarse, config, key, progress):
-        layout = self._stages_layout("fine")
-        window, first = layout.target.frames, layout.target.first_level
-        b, frames, levels = coarse.shape
-        out = np.full((b, frames, first + layout.target.num_levels), MISSING, np.int64)
-        out[:, :, :levels] = coarse
+    def _next_start(self, name: str, default: int) -> int:
+        i, plan = self.done[name], self.plans[name]
+        return plan[i].start if i < len(plan) else default
 
-        def examples(w):
-            # The window's coarse codes condition it; its fine levels past the prefix are
-            # still MISSING (windows go left to right).
-            span = out[:, w.start:w.start + w.frames]
-            return [{"acoustic": a} for a in span], span[:, :w.prefix, first:]
+    def _forget(self) -> None:
+        frames = self.r.frames
+        self.tracks["semantic"].forget(min(self._next_start("semantic", frames),
+                                           self._next_start("coarse", frames)))
+        fine_next = self._next_start("fine", 2 * frames)
+        self.tracks["coarse"].forget(min(2 * self._next_start("coarse", frames), fine_next,
+                                         self.decoded))
+        self.tracks["fine"].forget(min(fine_next, self.decoded))
 
-        plan = plan_windows(frames, window, self._keep(window))
-        done = []
-        for w, codes in self._windows("fine", plan, examples, config, key, progress):
-            out[:, w.start:w.start + w.frames, first:] = codes
-            done.append((w, codes))
-        return out, done
+
+def _gather(chunks: Iterator[np.ndarray]) -> np.ndarray:
+    return np.concatenate(list(chunks), axis=1)
+
+
+def _check_samples(num_samples) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise CascadeError(f"num_samples={num_samples!r}: must be an integer >= 1")
+    return num_samples
+
+
+def _sampling_configs(base: dict, changes: dict | None) -> dict:
+    configs = dict(base, **(changes or {}))
+    unknown = set(configs) - set(STAGES)
+    if unknown:
+        raise CascadeError(f"configs for unknown stages {sorted(unknown)}; use {STAGES}")
+    for name, config in configs.items():
+        if not isinstance(config, SamplingConfig):
+            raise CascadeError(f"configs[{name!r}] is a {type(config).__name__}, not a "
+                               f"SamplingConfig")
+    return configs
+
+
+def _semantic_tokenizer(path: str, tokens_dir: str | None, codes: int):
+    from mufm.semantic.tokens import SemanticTokenizer, TokensNotFoundError
+
+    _record("semantic tokenizer", path, "semantic")
+    try:
+        tokenizer = SemanticTokenizer.load(path, tokens_dir)
+    except (TokensNotFoundError, OSError, ValueError) as e:
+        raise CascadeError(f"semantic tokenizer run {path}: {e}") from None
+    if tokenizer.num_clusters != codes:
+        raise CascadeError(f"semantic tokenizer run {path}: {tokenizer.num_clusters} clusters, "
+                           f"the semantic stage samples {codes} codes")
+    if tokenizer.cfg.hop != SAMPLES_PER_SEMANTIC_FRAME:
+        raise CascadeError(f"semantic tokenizer run {path}: a hop of {tokenizer.cfg.hop} "
+                           f"samples, the stages' semantic tokens are {SEMANTIC_HZ} Hz")
+    return tokenizer
 
 
 def _record_dir(path: str) -> str:
@@ -360,12 +658,13 @@ def _record_dir(path: str) -> str:
     return resolve(path)[0]
 
 
-def _bar(name: str, total: int, progress: bool):
+def _bar(name: str, total: int, progress: bool, position: int):
     if not progress:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=name, unit="window", dynamic_ncols=True)
+    return tqdm(total=total, desc=f"{name:8s}", unit="window", position=position,
+                dynamic_ncols=True, leave=True)
 
 
 class _NoBar:

@@ -1,8 +1,6 @@
-"""The text-to-audio cascade (mufm/sample/cascade.py) and its CLI on tiny runs: MuLan 3
-levels x 16, the three stage LMs of configs/experiments/stage_tiny.gin (semantic windows of
-50 frames, coarse 25 semantic -> 50 x 2 levels, fine 25 x levels 2..3) and the 4 x 64 codec,
-each written with random weights (what they weigh does not matter here, shapes and
-determinism do). Sliding windows are checked at their boundaries."""
+"""The text-to-audio cascade (mufm/sample/cascade.py) and its CLI on the tiny random runs
+of tests/sample/conftest.py: sliding windows checked at their boundaries, seeds, bad input
+and runs that do not fit. Story mode, continuation and streaming: test_long_form.py."""
 import os
 
 import jax
@@ -11,94 +9,9 @@ import pytest
 import soundfile as sf
 
 from mufm.lm.layouts import MISSING, coarse_stage, fine_stage, semantic_stage
-from mufm.sample.cascade import Cascade, CascadeError, Window, check_layouts, plan_windows
+from mufm.sample.cascade import CascadeError, Window, check_layouts, plan_windows
 from mufm.sample.decode import SamplingConfig, generate_stage
-from tests.semantic.conftest import CODEC_GIN
-
-MULAN_GIN = "experiments/mulan_corpus_tiny.gin"
-STAGE_GIN = "experiments/stage_tiny.gin"
-STAGE_BINDINGS = {
-    "semantic": [],
-    "coarse": ["STAGE_TASK='mufm_tokens_coarse'", "TokenTaskRegistration.layout=@coarse_stage()"],
-    "fine": ["STAGE_TASK='mufm_tokens_fine'", "TokenTaskRegistration.layout=@fine_stage()",
-             "TokenTaskRegistration.conditioning_dropout=0.0"],
-}
-SECONDS = 3.0  # 75 semantic frames: 2 semantic, 5 coarse and 11 fine windows
-TEXTS = ["a calm piano piece", "fast drums"]
-
-
-def write_run(gin_file, model_dir, step, bindings=(), mark_codebooks=False):
-    """A run directory `mufm.train.restore.load` reads, holding the inference model alone
-    with small random weights. tests/semantic/conftest.py's `write_run` initialises the
-    whole train state through the trainer (discriminators and optimizers too: ~20 s of
-    compiling for the codec on a busy CPU); the loader only ever reads the inference
-    sub-tree, so that is all this writes. `mark_codebooks`: the codec's random codebooks
-    marked initialised (any codebook decodes codes to finite audio)."""
-    import gin
-    from flax import nnx
-
-    from mufm.gin_flags import parse
-    from mufm.train.checkpoint import CheckpointConfig, Checkpointer
-    from mufm.train.restore import write_model_config
-
-    parse([gin_file], [f'MODEL_DIR="{model_dir}"', "TRAIN_STEPS=1", *bindings])
-    try:
-        task = gin.query_parameter("train.task").scoped_configurable_fn()
-    finally:
-        gin.clear_config()
-    # Shapes only, then numpy noise: initialising the codec and MuLan op by op (or jitted)
-    # costs ~10 s each on a busy CPU, and no test here depends on what the weights are.
-    abstract = nnx.eval_shape(lambda: type(task).inference_model(task.model_configs(),
-                                                                 nnx.Rngs(0)))
-    _, params, rest = nnx.split(abstract, nnx.Param, ...)
-    rng = np.random.default_rng(0)
-    noise = lambda v: (0.05 * rng.standard_normal(v.shape)).astype(v.dtype)
-    params = jax.tree.map(noise, nnx.to_pure_dict(params))
-    rest = jax.tree.map(noise, nnx.to_pure_dict(rest))
-    if mark_codebooks:
-        rest["quantizer"]["initialized"] = np.ones_like(rest["quantizer"]["initialized"])
-    sub = type(task).inference_path
-    wrap = (lambda t: {sub: t}) if sub else (lambda t: t)
-    state = {"params": wrap(params)}
-    if jax.tree.leaves(rest):
-        state["model_state"] = wrap(rest)
-    write_model_config(model_dir, task)
-    ckpt = Checkpointer(model_dir, CheckpointConfig(save_every=1, async_save=False))
-    ckpt.save(step, state, {}, force=True)
-    ckpt.close()
-    return model_dir
-
-
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory):
-    """{role: run dir} of the five tiny runs."""
-    from mufm.mulan.tokens import MuLanTokens
-
-    root = tmp_path_factory.mktemp("cascade_runs")
-    out = {"codec": write_run(CODEC_GIN, str(root / "codec"), 1, mark_codebooks=True),
-           "mulan": write_run(MULAN_GIN, str(root / "mulan"), 0)}
-    emb = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
-    MuLanTokens.fit(emb / np.linalg.norm(emb, axis=1, keepdims=True), num_levels=3,
-                    codebook_size=16).save(os.path.join(out["mulan"], "mulan_tokens"))
-    for name, bindings in STAGE_BINDINGS.items():
-        out[name] = write_run(STAGE_GIN, str(root / name), 0,
-                              bindings=['TOKENS_DIR="/nonexistent"', *bindings])
-    return out
-
-
-def load(runs, **changes):
-    dirs = dict(runs, **changes)
-    return Cascade.load(dirs["mulan"], dirs["semantic"], dirs["coarse"], dirs["fine"], dirs["codec"])
-
-
-@pytest.fixture(scope="session")
-def cascade(runs):
-    return load(runs)
-
-
-@pytest.fixture(scope="session")
-def tokens(cascade):
-    return cascade.generate_tokens(TEXTS, SECONDS, seed=0, progress=False)
+from tests.sample.conftest import SECONDS, TEXTS, load
 
 
 def test_plan_windows_cover_the_clip_and_stay_full():
@@ -142,18 +55,18 @@ def test_each_window_carries_the_previous_ones_last_tokens(tokens, stage, levels
     windows = tokens["windows"][stage]
     assert len(windows) > 1
     end = 0
-    for i, (w, codes) in enumerate(windows):
+    for i, (w, codes, _) in enumerate(windows):
         assert w.start + w.frames <= stream.shape[1]
         if i:
             assert w.prefix > 0 and w.start + w.prefix == end  # the overlap is what exists
-            prev_w, prev = windows[i - 1]
+            prev_w, prev, _ = windows[i - 1]
             # The prefix is the previous window's last frames, token for token.
             np.testing.assert_array_equal(codes[:, :w.prefix], prev[:, w.start - prev_w.start:])
         np.testing.assert_array_equal(codes, stream[:, w.start:w.start + w.frames])
         end = w.start + w.frames
     assert end == stream.shape[1]
     if stage == "coarse":
-        assert all(w.start % 2 == 0 for w, _ in windows)  # whole semantic frames
+        assert all(s.window.start % 2 == 0 for s in windows)  # whole semantic frames
 
 
 @pytest.mark.parametrize("config", [SamplingConfig(temperature=1.0),
