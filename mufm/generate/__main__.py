@@ -129,6 +129,7 @@ def main(argv=None) -> int:
         # The request first: a typo should not cost loading six models.
         mode, payload, captions, seconds = _check_request(args, config)
         cascade = config.load()
+        t0 = time.perf_counter()
         if mode == "text":
             request = cascade.text_request(payload, args.seconds, args.num_samples)
         elif mode == "story":
@@ -136,14 +137,14 @@ def main(argv=None) -> int:
         else:
             request = cascade.continuation_request(args.prompt_audio, args.seconds,
                                                    texts=payload, num_samples=args.num_samples)
-        t0 = time.perf_counter()
         paths = out_paths(args.out, request.rows)
         written = _write_stream(cascade.stream(request, seed=args.seed,
                                                progress=not args.no_progress),
                                 paths, cascade.sample_rate)
         wall = time.perf_counter() - t0
     except (CascadeError, gin_flags.GinConfigError, ValueError, FileNotFoundError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        one_line = " / ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"{PROG}: error: {one_line}", file=sys.stderr)
         return 2
     for caption, secs, path in zip(captions, seconds, paths):
         print(f"{caption}\t{secs:g}\t{path}", flush=True)
