@@ -30,9 +30,9 @@ step() {  # step NAME CMD...: runs CMD, prints how long it took
     local name=$1 t0
     shift
     t0=$(date +%s)
-    echo "[main] $name"
+    echo "[main] $name" >&2  # stderr: stdout is the generators' index lines
     "$@"
-    echo "[main] $name: $(( $(date +%s) - t0 )) s (total $(( $(date +%s) - start )) s)"
+    echo "[main] $name: $(( $(date +%s) - t0 )) s (total $(( $(date +%s) - start )) s)" >&2
 }
 train() {  # train EXPERIMENT RUN [bindings...]
     local exp=$1 run=$2

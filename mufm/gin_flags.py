@@ -47,7 +47,9 @@ def split_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
 def resolve_gin_file(path: str) -> str:
     for candidate in (path, os.path.join(CONFIGS_DIR, path)):
         if os.path.isfile(candidate):
-            return candidate
+            # Absolute: gin tries its search prefixes (configs/ first) on a relative path
+            # and logs a spurious "Path not found" for each miss.
+            return os.path.abspath(candidate)
     raise GinConfigError(f"gin file {path!r} not found (looked in the working directory and {CONFIGS_DIR})")
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from mufm.audio.features import log_mel, power_spectrogram
 
+CODEC_RANDOM, CODEC_MUSIC = "codec(random codes)", "codec(corpus)"
 FLAT_BAND_HZ = (60.0, 8000.0)
 ENVELOPE_HZ = 100
 BEAT_LAGS_S = (0.25, 1.5)
@@ -163,15 +164,36 @@ def summary_table(sets: dict) -> str:
 
 def verdict(sets: dict, generated: str = "generated", noise: str = "white noise",
             music: str = "corpus") -> dict:
-    """Per field, whether the generated set's median lies nearer the music set's median
-    than the noise set's (flatness and regularity only: level is not a property of music)."""
+    """Per field (flatness and regularity; level is not a property of music): whether the
+    generated set's median lies nearer the music set's than the noise set's, where it
+    lies from noise (0) to music (1), and, with the codec sets, from the codec decoding
+    random codes (0) to the codec reconstructing music (1): what the stage LMs' tokens add
+    over tokens that carry nothing, through the same codec."""
     out = {}
     for f in ("flatness_db", "onset_regularity"):
         g, n, m = (sets[k][f]["median"] for k in (generated, noise, music))
         out[f] = {"nearer_music": bool(abs(g - m) < abs(g - n)),
-                  # 0 at the noise median, 1 at the music median.
-                  "position_noise_to_music": float((g - n) / (m - n)) if m != n else float("nan")}
+                  "position_noise_to_music": _position(g, n, m)}
+        if {CODEC_RANDOM, CODEC_MUSIC} <= set(sets):
+            r, c = sets[CODEC_RANDOM][f]["median"], sets[CODEC_MUSIC][f]["median"]
+            out[f]["position_random_codes_to_codec_music"] = _position(g, r, c)
     return out
+
+
+def _position(x: float, zero: float, one: float) -> float:
+    return float((x - zero) / (one - zero)) if one != zero else float("nan")
+
+
+def verdict_line(v: dict) -> str:
+    parts = []
+    for k, d in v.items():
+        text = (f"{k}: {'nearer the corpus' if d['nearer_music'] else 'nearer noise'} "
+                f"({d['position_noise_to_music']:.2f} from noise to corpus")
+        if "position_random_codes_to_codec_music" in d:
+            text += (f"; {d['position_random_codes_to_codec_music']:.2f} from the codec on random "
+                     f"codes to the codec on corpus codes")
+        parts.append(text + ")")
+    return "; ".join(parts)
 
 
 def dumps(sets: dict, extra: dict | None = None) -> str:
@@ -217,7 +239,7 @@ def _codec_sets(codec_dir: str, crops: list[np.ndarray], seed: int) -> dict:
         rec.append(np.asarray(decode_chunked(*codec.parts, codes))[0, :len(c)])
         noise = rng.integers(0, cfg.codebook_size, codes.shape)
         rand.append(np.asarray(decode_chunked(*codec.parts, noise))[0, :len(c)])
-    return {"codec(corpus)": rec, "codec(random codes)": rand}
+    return {CODEC_MUSIC: rec, CODEC_RANDOM: rand}
 
 
 def main(argv=None) -> int:
@@ -252,23 +274,28 @@ def main(argv=None) -> int:
         if args.codec:
             clips.update(_codec_sets(args.codec, crops, args.seed))
         clips["corpus"] = crops
-        sets = {name: summarize(set_stats(c, rate)) for name, c in clips.items()}
+        stats = {name: set_stats(c, rate) for name, c in clips.items()}
+        sets = {name: summarize(st) for name, st in stats.items()}
+        # Each file on its own row too, when there are several.
+        files = {f"  {os.path.basename(path)}": summarize([st])
+                 for path, st in zip(args.wavs, stats["generated"])} if len(args.wavs) > 1 else {}
     except (ValueError, OSError) as e:
         print(f"python -m mufm.eval.musicness: error: {e}", file=sys.stderr)
         return 2
-    table = summary_table(sets)
+    table = summary_table({"generated": sets["generated"], **files,
+                           **{k: v for k, v in sets.items() if k != "generated"}})
     print(table)
-    v = verdict(sets)
-    print("; ".join(f"{k}: {'nearer the corpus' if d['nearer_music'] else 'nearer noise'} "
-                    f"({d['position_noise_to_music']:.2f} of the way from noise to corpus)"
-                    for k, d in v.items()))
+    print(verdict_line(verdict(sets)))
+    for name in files:
+        print(f"{name.strip()}: {verdict_line(verdict(dict(sets, **{name: files[name]}), name))}")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         stem = os.path.splitext(args.out)[0]
         with open(stem + ".md", "w") as f:
             f.write(table + "\n")
         with open(stem + ".json", "w") as f:
-            f.write(dumps(sets, {"wavs": args.wavs, "corpus_dir": args.corpus_dir,
+            f.write(dumps(sets, {"files": {k.strip(): v for k, v in files.items()},
+                                 "wavs": args.wavs, "corpus_dir": args.corpus_dir,
                                  "split": args.split, "codec": args.codec}))
     return 0
 

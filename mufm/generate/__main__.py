@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         print(f"{caption}\t{secs:g}\t{path}", flush=True)
     audio_seconds = written / cascade.sample_rate
     stages = " ".join(f"{k} {v:.1f}s" for k, v in cascade.timings.items())
-    print(f"wall {wall:.1f}s ({stages}); {audio_seconds / wall:.3f} s of audio per s for "
+    print(f"wall {wall:.1f}s ({stages}); {len(paths) * audio_seconds / wall:.3f} s of audio per s for "
           f"{len(paths)} x {audio_seconds:g} s", file=sys.stderr)
     return 0
 

@@ -76,6 +76,13 @@ def test_verdict_places_the_generated_set_between_noise_and_music():
     assert v["onset_regularity"]["position_noise_to_music"] == 0.0
     table = m.summary_table(sets)
     assert table.count("\n") == 4 and "| corpus | 2 |" in table
+    assert "position_random_codes_to_codec_music" not in v["flatness_db"]
+    # With the codec's sets: 0 at random codes, 1 at the codec's music (here the beat).
+    sets[m.CODEC_RANDOM], sets[m.CODEC_MUSIC] = sets["white noise"], sets["corpus"]
+    sets["generated"] = m.summarize(m.set_stats(beat, SR))
+    v = m.verdict(sets)
+    assert v["flatness_db"]["position_random_codes_to_codec_music"] == 1.0
+    assert "1.00 from the codec on random codes" in m.verdict_line(v)
 
 
 def test_white_noise_matches_each_clips_length_and_level():
