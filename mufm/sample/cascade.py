@@ -360,7 +360,6 @@ class Cascade:
         t0 = time.perf_counter()
         semantic = np.asarray(self.semantic_tokenizer.encode_chunked(wave), np.int64)[:p]
         acoustic = np.asarray(encode_chunked(*self.codec.parts, wave[None])[0], np.int64)[:2 * p]
-        self.timings = {"prompt": time.perf_counter() - t0}
         if texts is None:
             mulan = np.asarray(self.mulan.tokens_audio(wave))[None, None].repeat(n, axis=0)
             rows = [[] for _ in range(n)]
@@ -368,6 +367,8 @@ class Cascade:
             captions = [t for t in texts for _ in range(n)]
             mulan = np.asarray(self.mulan.tokens_text(captions))[:, None]
             rows = [[t] for t in captions]
+        # The prompt's three tokenizers and the conditioning, together.
+        self.timings = {"prompt": time.perf_counter() - t0}
         m = len(mulan)
         return Request(texts=rows, mulan=mulan, cuts=(),
                        frames=p + math.ceil(seconds * SEMANTIC_HZ - 1e-9),

@@ -70,3 +70,13 @@ def test_bad_requests_fail_in_one_line(gin_file, tmp_path, capsys, flags, match)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cascade_bench_measures_the_runs_a_gin_file_names(gin_file):
+    from mufm.bench.cascade import measure
+
+    lines = []
+    out = measure(gin_file, 0.5, batch=2, repeats=1, log=lines.append)
+    assert out["rtf"] == out["rtfs"][0] > 0 and len(lines) == 2
+    assert set(out["timings"]) == {"mulan", "semantic", "coarse", "fine", "codec"}
+    assert sum(out["timings"].values()) <= 2 * 0.5 / out["rtf"]  # the stages are in the wall
