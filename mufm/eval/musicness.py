@@ -94,14 +94,21 @@ def onset_regularity(x: np.ndarray, sample_rate: int) -> float:
     if len(env) <= 2 * hi:
         raise ValueError(f"onset regularity needs more than {2 * BEAT_LAGS_S[1]:g} s of audio, "
                          f"got {len(x) / sample_rate:.2f} s")
+    ac = envelope_autocorrelation(env, lo, hi)
+    return float(ac.max()) if ac is not None else 0.0
+
+
+def envelope_autocorrelation(env: np.ndarray, lo: int, hi: int) -> np.ndarray | None:
+    """Normalised autocorrelation of an envelope at lags lo..hi (frames), or None for a
+    constant envelope."""
     env = env - env.mean()
     energy = float(env @ env)
     if energy <= 0:
-        return 0.0
+        return None
     # Each lag's sum is over len - lag products: rescaled so every lag is an average, and a
     # long lag is not favoured or penalised by having fewer terms.
     ac = np.array([env[:-lag] @ env[lag:] / (len(env) - lag) for lag in range(lo, hi + 1)])
-    return float(ac.max() / (energy / len(env)))
+    return ac / (energy / len(env))
 
 
 def clip_stats(x: np.ndarray, sample_rate: int) -> ClipStats:
