@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import gin
 
@@ -27,6 +28,9 @@ class GenerateConfig:
     semantic_sampling: SamplingConfig = DEFAULT_CONFIGS["semantic"]
     coarse_sampling: SamplingConfig = DEFAULT_CONFIGS["coarse"]
     fine_sampling: SamplingConfig = DEFAULT_CONFIGS["fine"]
+    # A MeshConfig (e.g. `GenerateConfig.mesh = @MeshConfig()` with mesh/cpu8.gin): the
+    # batch of each window split over its data axis, the weights replicated. None: one device.
+    mesh: Any = None
 
     def missing(self) -> list[str]:
         return [role for role in ROLES if not getattr(self, role)]
@@ -37,10 +41,16 @@ class GenerateConfig:
             raise CascadeError(f"no run given for {', '.join(self.missing())}: set "
                                f"GenerateConfig.<role> in a configs/generate/*.gin or pass "
                                f"--<role>=RUN_DIR")
+        mesh = None
+        if self.mesh is not None:
+            from mufm.parallel.mesh import build_mesh
+
+            mesh = build_mesh(self.mesh)
         return Cascade.load(*(getattr(self, role) for role in ROLES),
                             semantic_tokenizer=self.semantic_tokenizer or None,
                             semantic_tokens=self.semantic_tokens or None,
                             overlap=self.overlap, max_seconds=self.max_seconds,
                             configs={"semantic": self.semantic_sampling,
                                      "coarse": self.coarse_sampling,
-                                     "fine": self.fine_sampling})
+                                     "fine": self.fine_sampling},
+                            mesh=mesh)

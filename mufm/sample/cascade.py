@@ -251,6 +251,7 @@ class Cascade:
     overlap: float = 0.5  # of a window, carried into the next one as the target's prefix
     max_seconds: float = MAX_SECONDS
     configs: dict | None = None  # stage -> SamplingConfig; DEFAULT_CONFIGS where missing
+    mesh: Any = None  # a jax Mesh: each window's rows split over its data axis
 
     def __post_init__(self):
         if not 0 <= self.overlap < 1:
@@ -547,7 +548,7 @@ class _Run:
         w = Window(w.start * unit, w.prefix * unit, w.frames * unit)
         codes = generate_stage(self.c._modules[name], self.layouts[name], examples, w.frames,
                                self.configs[name], jax.random.fold_in(self.keys[name], i),
-                               prefix_frames=w.prefix)
+                               prefix_frames=w.prefix, mesh=self.c.mesh)
         if not np.array_equal(codes[:, :w.prefix], prefix):
             raise AssertionError(f"{name} window {i}: the carried prefix changed")
         if self.record:

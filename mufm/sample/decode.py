@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mufm.lm.layouts import MISSING, StageLayout, range_mask
 
@@ -163,12 +164,33 @@ def _check(prompts, num_tokens: int, lo, hi):
 
 
 def sample(model, prompts, num_tokens: int, lo, hi, config: SamplingConfig,
-           key: jax.Array) -> jax.Array:
-    """`sample_parts` on a module: the new ids [m, num_tokens]."""
+           key: jax.Array, *, mesh: Mesh | None = None, data_axis: str = "data") -> jax.Array:
+    """`sample_parts` on a module: the new ids [m, num_tokens]. With `mesh`, the batch is
+    split over its `data_axis` (rows padded to a multiple of its size, the padding
+    dropped from the result) and the weights are replicated: data-parallel generation,
+    each device decoding its rows against its own cache. A row's tokens are the same
+    either way (its noise depends on its index, not on the batch)."""
     prompts, lo, hi = _check(prompts, num_tokens, lo, hi)
     graphdef, state = nnx.split(model)
-    return sample_parts(graphdef, state, prompts, lo, hi, key, num_tokens=num_tokens,
-                        config=config)
+    if mesh is None:
+        return sample_parts(graphdef, state, prompts, lo, hi, key, num_tokens=num_tokens,
+                            config=config)
+    if data_axis not in mesh.axis_names:
+        raise ValueError(f"mesh axes {mesh.axis_names} have no {data_axis!r} axis to split "
+                         f"the batch over")
+    rows = _rows(prompts.shape[0], config)
+    ways = mesh.shape[data_axis]
+    pad = -rows % ways
+    if pad:  # whole rows (pairs with guidance) appended, so the real rows keep their index
+        halves = [prompts[:rows], prompts[rows:]] if config.guided else [prompts]
+        prompts = jnp.concatenate([jnp.concatenate([h, jnp.repeat(h[:1], pad, axis=0)])
+                                   for h in halves])
+    replicated = NamedSharding(mesh, PartitionSpec())
+    prompts = jax.device_put(prompts, NamedSharding(mesh, PartitionSpec(data_axis)))
+    state, lo, hi, key = jax.device_put((state, lo, hi, key), replicated)
+    ids = sample_parts(graphdef, state, prompts, lo, hi, key, num_tokens=num_tokens,
+                       config=config)
+    return ids[:rows]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -250,12 +272,14 @@ def stage_prompts(layout: StageLayout, examples: Sequence[dict], config: Samplin
 
 def generate_stage(loaded_or_module: Any, layout: StageLayout, examples: Sequence[dict],
                    target_frames: int | None, config: SamplingConfig,
-                   key: jax.Array, *, prefix_frames: int = 0) -> np.ndarray:
+                   key: jax.Array, *, prefix_frames: int = 0,
+                   mesh: Mesh | None = None) -> np.ndarray:
     """Samples the target of `layout` for each example: numpy codes in the target
     stream's shape per example ([b, frames, levels]; [b, frames] for semantic), as
     `layout.decode` reads them back from the full sequences. With `prefix_frames`, the
     first frames of each example's target are given (prefilled after the target's BOS)
-    and come back verbatim; only the frames after them are sampled."""
+    and come back verbatim; only the frames after them are sampled. With `mesh`, the
+    examples are split over its data axis (`sample`)."""
     model = loaded_or_module.module() if hasattr(loaded_or_module, "module") else loaded_or_module
     frames = layout.target.frames if target_frames is None else int(target_frames)
     if not 0 <= prefix_frames <= frames:
@@ -269,6 +293,6 @@ def generate_stage(loaded_or_module: Any, layout: StageLayout, examples: Sequenc
     lo, hi = layout.allowed_ranges(target_frames=target_frames)  # validates target_frames
     num_tokens = layout.target.num_tokens(frames) - prefix_tokens  # frame-major
     assert len(lo) == prompts.shape[1] + num_tokens
-    ids = np.asarray(sample(model, prompts, num_tokens, lo, hi, config, key))
+    ids = np.asarray(sample(model, prompts, num_tokens, lo, hi, config, key, mesh=mesh))
     full = np.concatenate([prompts[:len(examples)], ids], axis=1)
     return np.stack([layout.decode(row)[layout.target.name] for row in full])

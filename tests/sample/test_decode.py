@@ -149,3 +149,29 @@ def test_generate_stage_round_trips_through_the_layout(frames):
     for e, c, row in zip(exs, codes, ids):
         seq = layout.encode({**e, "acoustic": c})["decoder_target_tokens"]
         np.testing.assert_array_equal(seq[layout.prompt_length:], row)
+
+
+@pytest.mark.parametrize("config", [SamplingConfig(temperature=0.0), SamplingConfig(temperature=1.0),
+                                    SamplingConfig(temperature=1.0, cfg_scale=3.0)],
+                         ids=["greedy", "sampled", "cfg"])
+def test_batch_split_over_the_data_axis_gives_the_same_tokens(config):
+    """3 rows (6 with guidance) over a data axis of 4 of the 8 fake devices: padded to 4,
+    each device decoding its row, the padding dropped; every row's tokens equal the
+    single-device sampler's (each row's arithmetic is its own, and its noise depends on
+    its index only)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "fsdp"))
+    model, layout = tiny_model(), tiny_coarse()
+    prompts = stage_prompts(layout, examples(3), config)
+    lo, hi = layout.allowed_ranges()
+    n = len(lo) - prompts.shape[1]
+    key = jax.random.key(11)
+    alone = np.asarray(sample(model, prompts, n, lo, hi, config, key))
+    split = sample(model, prompts, n, lo, hi, config, key, mesh=mesh)
+    np.testing.assert_array_equal(np.asarray(split), alone)
+    four = stage_prompts(layout, examples(4), config)  # no padding: the result stays split
+    out = sample(model, four, n, lo, hi, config, key, mesh=mesh)
+    assert out.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec("data")), 2)
+    with pytest.raises(ValueError, match="no 'batch' axis"):
+        sample(model, prompts, n, lo, hi, config, key, mesh=mesh, data_axis="batch")

@@ -195,3 +195,24 @@ def test_a_ten_minute_request_holds_what_a_short_one_does(cascade):
     windows = {"semantic": 50, "coarse": 50, "fine": 25}
     for name, peak in held[600.0].items():
         assert peak <= 2 * windows[name], (name, peak)
+
+
+def test_a_cascade_on_the_8_device_mesh_gives_the_same_tokens(runs, cascade):
+    """Every window's rows split over the data axis (2 of the cpu8 mesh's 2 x 2 x 2)."""
+    from mufm import gin_flags
+    from mufm.parallel.mesh import MeshConfig, build_mesh
+    from tests.sample.conftest import load
+
+    gin_flags.parse(["mesh/cpu8.gin"], [], finalize=False)
+    try:
+        mesh = build_mesh(MeshConfig())
+    finally:
+        import gin
+        gin.clear_config()
+    split = load(runs)
+    split.mesh = mesh
+    request = cascade.text_request(TEXTS + ["a third row: padded to 4"], 1.0)
+    alone = cascade.tokens(request, seed=5, progress=False)
+    both = split.tokens(request, seed=5, progress=False)
+    for k in ("semantic", "acoustic"):
+        np.testing.assert_array_equal(both[k], alone[k], err_msg=k)
