@@ -14,11 +14,11 @@ def tone(midi, seconds):
     return sum(np.sin(2 * np.pi * f * h * t) / h for h in (1, 2, 3)) * np.exp(-2 * t)
 
 
-def scale(key: c.Key, base=60):
+def scale(key: c.Key, base=60, note_s=0.3):
     """The scale up and down, then its tonic triad held: a key a listener hears at once."""
     steps = MAJOR_STEPS if key.mode == "major" else MINOR_STEPS
     root = base + key.tonic
-    notes = [tone(root + s, 0.3) for s in steps + steps[::-1]]
+    notes = [tone(root + s, note_s) for s in steps + steps[::-1]]
     third = 4 if key.mode == "major" else 3
     chord = sum(tone(root + s, 1.5) for s in (0, third, 7, 12))
     return 0.1 * np.concatenate(notes + [chord])

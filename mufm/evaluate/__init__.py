@@ -1,0 +1,1 @@
+"""`python -m mufm.evaluate`: the evaluation job over a cascade (mufm/eval/job.py)."""

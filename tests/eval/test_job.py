@@ -1,0 +1,101 @@
+"""The evaluation job (mufm/eval/job.py, `python -m mufm.evaluate`) on the tiny random
+cascade of tests/sample/conftest.py, with rendered scales as the reference clips: every
+row present and bounded, the ceiling row right where the answer is known, same prompts
+same figures."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mufm.eval.prompts import Prompt, control_prompts, corpus_prompts, musiccaps_prompts, seed_of
+from tests.eval.test_control import scale
+from mufm.eval.control import parse_key
+
+KEYS = ("D major", "E minor", "Bb major")
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refs")
+    out = []
+    for i, key in enumerate(KEYS):
+        path = str(root / f"ref{i}.wav")
+        # Quick notes: the job's centred 1.5 s crop still holds half a scale and its chord.
+        wave = scale(parse_key(key), note_s=0.1)
+        sf.write(path, wave, 24_000)
+        out.append(Prompt(id=f"p{i}", caption=f"{key}, 100 bpm, 4/4: a piece played by a piano.",
+                          seed=seed_of(f"p{i}"), key=key, bpm=100.0, audio=path,
+                          duration_s=len(wave) / 24_000))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(tmp_path_factory):
+    from mufm.data.token_records import serialize, shard_name
+    import tensorflow as tf
+
+    root = str(tmp_path_factory.mktemp("tokens"))
+    rng = np.random.default_rng(0)
+    with tf.io.TFRecordWriter(os.path.join(root, shard_name("train", 0, 1))) as w:
+        for i in range(3):
+            w.write(serialize({"clip_id": f"c{i}", "split": "train", "caption": "x",
+                               "attributes_json": "{}", "mulan": rng.integers(0, 16, 3),
+                               "semantic": rng.integers(0, 8, 200),
+                               "acoustic": rng.integers(0, 64, (400, 4)), "num_samples": 192_000}))
+    return root
+
+
+def test_prompt_sets(tmp_path):
+    sweep = control_prompts()
+    assert len(sweep) == 4 * 3 * 2 and len({p.id for p in sweep}) == len(sweep)
+    assert sweep[0].caption == "C major, 70 bpm, 4/4: a piece played by a piano."
+    assert sweep[0].seed == control_prompts()[0].seed  # fixed, not drawn
+    csv = tmp_path / "caps.csv"
+    csv.write_text('ytid,caption,aspect_list\nabc,"a mellow jazz trio","[\'jazz\']"\nxyz,,[]\n')
+    with pytest.raises(ValueError, match="row 3 .*empty caption"):
+        musiccaps_prompts(str(csv))
+    assert musiccaps_prompts(str(csv), limit=1)[0].caption == "a mellow jazz trio"
+    with pytest.raises(ValueError, match="spell it"):
+        control_prompts(keys=("H major",))
+
+
+def test_evaluation_rows_and_reproducibility(cascade, prompts, tokens_dir, tmp_path):
+    from mufm.eval.job import evaluate, scalars
+
+    out = str(tmp_path / "eval")
+    results = evaluate(cascade, prompts, 1.5, out, tokens_dir=tokens_dir, batch=2,
+                       memorization_n=20, memorization_k=2, log=lambda m: None)
+    ctrl = results["control"]
+    # The rendered scales are their keys: the ceiling row is exact.
+    assert ctrl["reference"]["key_exact"] == 1.0 and ctrl["reference"]["key_n"] == 3
+    for row in ("generated", "chance"):
+        assert 0 <= ctrl[row]["key_weighted"] <= 1 and ctrl[row]["tempo_n"] == 3
+    for row in ("generated", "reference"):
+        assert -1 <= results["mcc"][row]["mismatched"] <= 1 and results["mcc"][row]["n"] == 3
+    assert results["fad_mulan"]["generated"] >= 0 and results["fad_mulan"]["white_noise"] >= 0
+    mem = results["memorization"]
+    assert mem["runs"] == 3 * (38 - 20 + 1) and 0 <= mem["near_fraction"] <= 1
+    assert 0 <= results["semantic_entropy_bits"]["train"] <= 3  # 8 codes: at most 3 bits
+    assert len(glob.glob(os.path.join(out, "wav", "*.wav"))) == 3
+    assert glob.glob(os.path.join(out, "events.out.tfevents.*"))
+    with open(os.path.join(out, "metrics.json")) as f:
+        saved = json.load(f)
+    assert [r["id"] for r in saved["rows"]] == ["p0", "p1", "p2"]
+    assert "eval/control/reference/key_exact" in scalars(results)
+    again = evaluate(cascade, prompts, 1.5, str(tmp_path / "again"), batch=2, log=lambda m: None)
+    assert again["control"]["generated"] == ctrl["generated"]
+    assert again["mcc"]["generated"] == results["mcc"]["generated"]
+
+
+def test_cli_refuses_bad_flags_in_one_line(capsys, tmp_path):
+    from mufm.evaluate.__main__ import main
+
+    for flags, match in ((["--prompts=corpus"], "needs --corpus_dir"),
+                         (["--prompts=bogus"], "use corpus, control"),
+                         (["--seconds=0", "--prompts=control"], "--seconds > 0")):
+        assert main([f"--out={tmp_path}", *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
