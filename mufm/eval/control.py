@@ -133,3 +133,41 @@ def tempo_accuracy(estimate: float, reference: float) -> dict:
     return {"acc1": float(near(1.0)),
             "acc2": float(any(near(f) for f in (1.0, 2.0, 0.5, 3.0, 1 / 3))),
             "bin": float(tempo_bin(estimate) == tempo_bin(reference))}
+
+
+def main(argv=None) -> int:
+    """python -m mufm.eval.control --corpus_dir=DIR [--split test] [--seconds 20]
+    [--profiles aarden]: the estimators on a corpus's real clips against their captions
+    (the ceiling of the evaluation's control rows), and against a shuffled clip's caption
+    (chance)."""
+    import argparse
+
+    from mufm.eval.prompts import corpus_prompts
+    from mufm.semantic.tokens import read_crop
+
+    p = argparse.ArgumentParser(prog="python -m mufm.eval.control", description=main.__doc__)
+    p.add_argument("--corpus_dir", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--profiles", default="aarden", choices=sorted(PROFILES))
+    args = p.parse_args(argv)
+    prompts = corpus_prompts(args.corpus_dir, args.split)
+    rows, shuffled = [], []
+    for p_ in prompts:
+        start = max(0.0, ((p_.duration_s or args.seconds) - args.seconds) / 2)
+        x = read_crop(p_.audio, start, args.seconds)
+        rows.append((estimate_key(x, 24_000, args.profiles), estimate_tempo(x, 24_000)))
+    from mufm.eval.job import control_scores
+
+    real = control_scores(rows, prompts)
+    chance = control_scores(rows, prompts[1:] + prompts[:1])
+    print(f"{len(prompts)} {args.split} clips, {args.seconds:g} s centre crops, "
+          f"{args.profiles} profiles")
+    for name, r in (("captions", real), ("shuffled captions", chance)):
+        print(f"{name:18s} key exact {r['key_exact']:.3f} weighted {r['key_weighted']:.3f} | "
+              f"tempo acc1 {r['tempo_acc1']:.3f} acc2 {r['tempo_acc2']:.3f} bin {r['tempo_bin']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
