@@ -86,10 +86,11 @@ def _estimates(clips: Sequence[np.ndarray], sample_rate: int) -> list[tuple]:
 def evaluate(cascade, prompts: Sequence[Prompt], seconds: float, out_dir: str, *,
              tokens_dir: str | None = None, corpus_dir: str | None = None, batch: int = 4,
              memorization_n: int = 125, memorization_k: int = 3,
-             log: Callable = print) -> dict:
+             log: Callable = print, scalars_dir: str | None = None, step: int = 0) -> dict:
     """Generates `seconds` for every prompt, scores it (module docstring) and writes
     out_dir/{metrics.json, wav/}. `tokens_dir` (the train split's pre-tokenized records)
-    enables memorization and the train entropy; `corpus_dir` the FAD floor."""
+    enables memorization and the train entropy; `corpus_dir` the FAD floor. The summary
+    goes to TensorBoard in `scalars_dir` (default out_dir) at `step`."""
     import soundfile as sf
 
     if not prompts:
@@ -159,7 +160,7 @@ def evaluate(cascade, prompts: Sequence[Prompt], seconds: float, out_dir: str, *
     results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
-    _write_scalars(out_dir, results)
+    _write_scalars(scalars_dir or out_dir, results, step)
     return results
 
 

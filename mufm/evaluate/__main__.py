@@ -1,13 +1,17 @@
 """python -m mufm.evaluate --gin_file=configs/generate/cpu.gin --out=DIR
     [--prompts=corpus|control|musiccaps:FILE] [--corpus_dir=DIR] [--tokens_dir=DIR]
     [--num_prompts 8] [--seconds 10] [--batch 4] [--memorization_n 125 --memorization_k 3]
+    [--watch=ROLE [--poll_s 60] [--until_step N] [--timeout_s S] [--once]]
     [--gin.NAME=value ...]
 
 Generates from a prompt set through the cascade the gin file names (a `GenerateConfig`,
 configs/generate/*.gin) and scores it: key and tempo control, MuLan cycle consistency,
 FAD on MuLan audio embeddings, semantic-token memorization and entropy, each beside its
 floor, ceiling or chance row (mufm/eval/job.py). Writes DIR/metrics.json, DIR/wav/ and
-TensorBoard scalars in DIR; prints the summary. `--prompts=corpus` (default) takes the
+TensorBoard scalars in DIR; prints the summary. With `--watch=semantic` (or coarse, fine,
+...): continuous evaluation of that role's run, each new committed checkpoint evaluated
+once into DIR/step_<step>/, its scalars at that step in DIR, restart-safe
+(mufm/eval/watch.py). `--prompts=corpus` (default) takes the
 corpus's held-out captions (needs --corpus_dir); `control` the key x tempo x instrument
 sweep; `musiccaps:FILE` a MusicCaps-style CSV. Bad flags: one line, exit status 2.
 """
@@ -33,6 +37,11 @@ def parse(argv):
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--memorization_n", type=int, default=125)
     p.add_argument("--memorization_k", type=int, default=3)
+    p.add_argument("--watch", help="a GenerateConfig role whose run to evaluate checkpoint by checkpoint")
+    p.add_argument("--poll_s", type=float, default=60.0)
+    p.add_argument("--until_step", type=int)
+    p.add_argument("--timeout_s", type=float)
+    p.add_argument("--once", action="store_true", help="with --watch: one pass, no waiting")
     return p.parse_args(argv)
 
 
@@ -64,12 +73,25 @@ def main(argv=None) -> int:
         from mufm.eval.job import evaluate
         from mufm.generate.config import GenerateConfig
 
+        log = lambda m: print(m, file=sys.stderr)
+        kwargs = dict(tokens_dir=args.tokens_dir, corpus_dir=args.corpus_dir, batch=args.batch,
+                      memorization_n=args.memorization_n, memorization_k=args.memorization_k,
+                      log=log)
+        if args.watch:
+            from mufm.eval.watch import watch
+
+            def one(cascade, out, step):
+                r = evaluate(cascade, prompts, args.seconds, out, scalars_dir=args.out,
+                             step=step, **kwargs)
+                return {k: v for k, v in r.items() if k != "rows"}
+
+            steps = watch(GenerateConfig(), args.watch, one, args.out, poll_s=args.poll_s,
+                          until_step=args.until_step, timeout_s=args.timeout_s,
+                          once=args.once, log=log)
+            print(json.dumps({"evaluated_steps": steps}))
+            return 0
         cascade = GenerateConfig().load()
-        results = evaluate(cascade, prompts, args.seconds, args.out, tokens_dir=args.tokens_dir,
-                           corpus_dir=args.corpus_dir, batch=args.batch,
-                           memorization_n=args.memorization_n,
-                           memorization_k=args.memorization_k,
-                           log=lambda m: print(m, file=sys.stderr))
+        results = evaluate(cascade, prompts, args.seconds, args.out, **kwargs)
     except (CascadeError, gin_flags.GinConfigError, ValueError, FileNotFoundError) as e:
         line = " / ".join(x.strip() for x in str(e).splitlines() if x.strip())
         print(f"{PROG}: error: {line}", file=sys.stderr)

@@ -100,6 +100,16 @@ def write_model_config(model_dir: str, task) -> str | None:
 
 
 # -- finding a run and a step ---------------------------------------------------------------
+def committed_steps(model_dir: str) -> list[int]:
+    """The steps of a MODEL_DIR whose checkpoint was committed (its state written whole),
+    ascending; [] when there are none yet."""
+    ckpts = os.path.join(model_dir, "checkpoints")
+    if not os.path.isdir(ckpts):
+        return []
+    return sorted(int(d) for d in os.listdir(ckpts)
+                  if d.isdigit() and os.path.exists(os.path.join(ckpts, d, "state")))
+
+
 def resolve(checkpoint_dir: str, step: int | None = None, family: str | None = None
             ) -> tuple[str, int]:
     """(model_dir, step) for a MODEL_DIR (newest committed step unless `step`) or for one of
@@ -113,8 +123,7 @@ def resolve(checkpoint_dir: str, step: int | None = None, family: str | None = N
             f"{checkpoint_dir}: not a {family + ' ' if family else ''}training run (expected "
             f"{MODEL_CONFIG} and checkpoints/ "
             f"written by `python -m mufm.train`)")
-    committed = sorted(int(d) for d in os.listdir(ckpts)
-                       if d.isdigit() and os.path.exists(os.path.join(ckpts, d, "state")))
+    committed = committed_steps(path)
     if step is None:
         if not committed:
             raise CheckpointNotFoundError(f"{checkpoint_dir}: no committed checkpoint in {ckpts}")

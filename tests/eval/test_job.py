@@ -99,3 +99,43 @@ def test_cli_refuses_bad_flags_in_one_line(capsys, tmp_path):
         assert main([f"--out={tmp_path}", *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err
+
+
+def test_watch_evaluates_each_committed_checkpoint_once_across_restarts(runs, tmp_path):
+    """A copy of the semantic stage's run gains checkpoints while the job watches it; a job
+    killed while evaluating a step evaluates it again after its restart, and never a step
+    it recorded."""
+    import shutil
+
+    from mufm.eval.watch import evaluated_steps, watch
+    from mufm.generate.config import GenerateConfig
+    from tests.tiny_runs import STAGE_GIN, write_run
+
+    stage = str(tmp_path / "stage_semantic")
+    shutil.copytree(runs["semantic"], stage)
+    config = GenerateConfig(**{r: runs[r] for r in ("mulan", "coarse", "fine", "codec")},
+                            semantic=stage)
+    out, calls = str(tmp_path / "watch"), []
+
+    def step_eval(cascade, step_out, step, fail_at=None):
+        calls.append(step)
+        if step == fail_at:
+            raise KeyboardInterrupt  # the job killed mid-evaluation
+        loaded_step = cascade.stages["semantic"][0].step
+        tokens = cascade.generate_tokens(["a tune"], 0.5, seed=0, progress=False)
+        return {"loaded_step": loaded_step, "tokens": int(tokens["semantic"].sum())}
+
+    assert watch(config, "semantic", step_eval, out, once=True, log=lambda m: None) == [0]
+    write_run(STAGE_GIN, stage, 3, bindings=['TOKENS_DIR="/nonexistent"'])
+    with pytest.raises(KeyboardInterrupt):
+        watch(config, "semantic", lambda c, o, s: step_eval(c, o, s, fail_at=3), out, once=True,
+              log=lambda m: None)
+    assert sorted(evaluated_steps(out)) == [0]
+    assert watch(config, "semantic", step_eval, out, until_step=3, poll_s=0.1,
+                 log=lambda m: None) == [3]
+    assert calls == [0, 3, 3]
+    done = evaluated_steps(out)
+    assert {s: d["loaded_step"] for s, d in done.items()} == {0: 0, 3: 3}  # that step's weights
+    assert watch(config, "semantic", step_eval, out, once=True, log=lambda m: None) == []
+    with pytest.raises(ValueError, match="watch one of"):
+        watch(config, "decoder", step_eval, out, once=True)
