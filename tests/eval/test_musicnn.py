@@ -214,3 +214,10 @@ def test_piano_like_tone_and_noise_get_different_tags():
     assert tag_kl.kl_divergence(tone[None], noise[None]) > 0.2
     e = mn.clip_embedding(_piano_like(6.5), SR)
     assert e.shape == (200,) and np.isfinite(e).all()
+
+
+def test_missing_wheel_says_how_to_install(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "musicnn", None)  # import musicnn -> ImportError
+    with pytest.raises(ImportError, match=r"pip install --no-deps musicnn==0\.1\.0"):
+        mn.checkpoint_dir()
