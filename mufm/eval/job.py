@@ -8,6 +8,8 @@ Every figure sits beside the rows that give it meaning:
 | tempo (Acc1, Acc2, bin) | as key | as key |
 | MCC | cos(text, audio) of each prompt and its clip | mismatched pairs (chance); real clips and their captions (ceiling) |
 | FAD (MuLan audio embeddings) | generated vs held-out reference | held-out vs train clips (floor); white noise at the clips' level vs reference (ceiling) |
+| FAD (musicnn penultimate layer, per 3 s patch) | generated vs reference | white noise vs reference (ceiling) |
+| KL of musicnn tag distributions | KL(reference_i, generated_i) | a reference against another prompt's reference; white noise (ceiling) |
 | memorization | generated semantic runs of n found in the train tokens (exact, Hamming <= k) | - |
 | semantic entropy | of generated 125-token windows | of the train tokens' windows |
 
@@ -127,9 +129,7 @@ def evaluate(cascade, prompts: Sequence[Prompt], seconds: float, out_dir: str, *
         ref_emb = np.stack([mulan.embed_clip(r) for r in references])
         ref_text = mulan.embed_text([p.caption for p in with_audio])
         results["mcc"]["reference"] = cycle_consistency(ref_text, ref_emb)
-        rng = np.random.default_rng(0)
-        noise = [rng.standard_normal(len(a)).astype(np.float32) * float(np.sqrt(np.mean(a ** 2)))
-                 for a in audio]
+        noise = _noise_like(audio)
         results["fad_mulan"] = {
             "generated": fad(gen_emb, ref_emb),
             "white_noise": fad(np.stack([mulan.embed_clip(n) for n in noise]), ref_emb)}
@@ -144,6 +144,12 @@ def evaluate(cascade, prompts: Sequence[Prompt], seconds: float, out_dir: str, *
                                         f"embeddings: rank-deficient covariances, compare rows "
                                         f"of one evaluation only")
     timings["mulan"] = time.perf_counter() - t0
+
+    if references:
+        t0 = time.perf_counter()
+        paired = [i for i, p in enumerate(prompts) if p.audio]
+        results.update(_musicnn_rows(audio, paired, references, _noise_like(audio), rate))
+        timings["musicnn"] = time.perf_counter() - t0
 
     results["semantic_entropy_bits"] = {"generated": mean_window_entropy(semantic)}
     if tokens_dir:
@@ -162,6 +168,38 @@ def evaluate(cascade, prompts: Sequence[Prompt], seconds: float, out_dir: str, *
         json.dump(results, f, indent=1, default=float)
     _write_scalars(scalars_dir or out_dir, results, step)
     return results
+
+
+def _noise_like(audio: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """White noise at each clip's RMS: the ceiling rows."""
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(len(a)).astype(np.float32) * float(np.sqrt(np.mean(a ** 2)))
+            for a in audio]
+
+
+def _musicnn_rows(audio, paired, references, noise, rate) -> dict:
+    """FAD on musicnn's penultimate layer (every 3 s patch a sample) and KL between tag
+    distributions: each generated clip against its prompt's reference clip, beside a
+    pairing of real clips (each reference against another prompt's: how far apart two
+    real clips' tags are) and white noise (ceiling). `paired`: the generated clips that
+    have a reference, in the references' order."""
+    from mufm.eval import musicnn
+    from mufm.eval.tag_kl import kl_divergence
+
+    feats = {name: [musicnn.features(c, rate) for c in clips]
+             for name, clips in (("generated", audio), ("reference", references),
+                                 ("noise", noise))}
+    emb = {k: np.concatenate([f["penultimate"] for f in v]) for k, v in feats.items()}
+    probs = {k: np.stack([f["probs"].mean(0) for f in v]) for k, v in feats.items()}
+    gen = probs["generated"][paired]
+    ref = probs["reference"]
+    return {"fad_musicnn": {"generated": fad(emb["generated"], emb["reference"]),
+                            "white_noise": fad(emb["noise"], emb["reference"]),
+                            "patches": int(len(emb["generated"]))},
+            "kl_musicnn_tags": {"generated": kl_divergence(ref, gen),
+                                "another_reference": kl_divergence(np.roll(ref, 1, 0), ref)
+                                if len(ref) > 1 else float("nan"),
+                                "white_noise": kl_divergence(ref, probs["noise"][paired])}}
 
 
 def _train_semantic(tokens_dir: str) -> list[np.ndarray]:
@@ -186,7 +224,8 @@ def scalars(results: dict) -> dict:
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
             out[prefix] = float(value)
 
-    for k in ("control", "mcc", "fad_mulan", "memorization", "semantic_entropy_bits"):
+    for k in ("control", "mcc", "fad_mulan", "fad_musicnn", "kl_musicnn_tags", "memorization",
+              "semantic_entropy_bits"):
         if k in results:
             walk(f"eval/{k}", results[k])
     return out

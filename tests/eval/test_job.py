@@ -76,6 +76,9 @@ def test_evaluation_rows_and_reproducibility(cascade, prompts, tokens_dir, tmp_p
     for row in ("generated", "reference"):
         assert -1 <= results["mcc"][row]["mismatched"] <= 1 and results["mcc"][row]["n"] == 3
     assert results["fad_mulan"]["generated"] >= 0 and results["fad_mulan"]["white_noise"] >= 0
+    assert results["fad_musicnn"]["patches"] == 3  # one 3 s patch per 1.5 s clip (repeat-padded)
+    kl = results["kl_musicnn_tags"]
+    assert all(kl[k] >= 0 for k in ("generated", "another_reference", "white_noise"))
     mem = results["memorization"]
     assert mem["runs"] == 3 * (38 - 20 + 1) and 0 <= mem["near_fraction"] <= 1
     assert 0 <= results["semantic_entropy_bits"]["train"] <= 3  # 8 codes: at most 3 bits
