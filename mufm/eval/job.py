@@ -13,7 +13,8 @@ Every figure sits beside the rows that give it meaning:
 | memorization | generated semantic runs of n found in the train tokens (exact, Hamming <= k) | - |
 | semantic entropy | of generated 125-token windows | of the train tokens' windows |
 
-Generation is batched: a batch's noise comes from the seed of its first prompt, so the
+`report.html` (mufm/eval/report.py) shows every prompt with players and spectrograms of
+its clip and reference beside the tables. Generation is batched: a batch's noise comes from the seed of its first prompt, so the
 same prompt set with the same batch size always gives the same audio. Each rows' figures
 and the summary go to `metrics.json`; the clips to `wav/`; the summary as `eval/...`
 scalars to TensorBoard events in the output directory.
@@ -167,6 +168,12 @@ def evaluate(cascade, prompts: Sequence[Prompt], seconds: float, out_dir: str, *
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
     _write_scalars(scalars_dir or out_dir, results, step)
+    from mufm.eval.report import history_of, write_report
+
+    paired = [i for i, p in enumerate(prompts) if p.audio]
+    history = dict(history_of(scalars_dir), **{step: results}) if scalars_dir else None
+    write_report(out_dir, results, audio, rate, dict(zip(paired, references)), history,
+                 title=f"mufm evaluation, step {step}" if scalars_dir else "mufm evaluation")
     return results
 
 

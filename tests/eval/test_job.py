@@ -82,7 +82,9 @@ def test_evaluation_rows_and_reproducibility(cascade, prompts, tokens_dir, tmp_p
     mem = results["memorization"]
     assert mem["runs"] == 3 * (38 - 20 + 1) and 0 <= mem["near_fraction"] <= 1
     assert 0 <= results["semantic_entropy_bits"]["train"] <= 3  # 8 codes: at most 3 bits
-    assert len(glob.glob(os.path.join(out, "wav", "*.wav"))) == 3
+    assert len(glob.glob(os.path.join(out, "wav", "[0-9]*.wav"))) == 3
+    assert len(glob.glob(os.path.join(out, "wav", "ref_*.wav"))) == 3  # the report's references
+    assert os.path.exists(os.path.join(out, "report.html"))
     assert glob.glob(os.path.join(out, "events.out.tfevents.*"))
     with open(os.path.join(out, "metrics.json")) as f:
         saved = json.load(f)
