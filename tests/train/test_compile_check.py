@@ -116,3 +116,18 @@ def test_abstract_batch_names_match_a_real_batch():
         batch = next(host_batches(cfg, split="train", shuffle=False))
         assert set(batch) == set(batch_feature_names(cfg)), pack
         assert all(v.shape == (2, 32) and v.dtype.kind == "i" for v in batch.values())
+
+
+def test_every_pod_experiment_has_its_slice_topology():
+    from mufm.train.compile_check import pod_experiments
+
+    found = dict(pod_experiments())
+    assert {"experiments/codec_paper_v5e_64.gin", "experiments/mulan_paper_v5e_16.gin",
+            "experiments/musiclm_stage_v5e_256.gin", "experiments/semantic_paper_v5e_256.gin",
+            "experiments/stage_coarse_v5e_256.gin", "experiments/stage_fine_v5e_256.gin",
+            "experiments/stage_semantic_v5e_256.gin"} <= set(found), found
+    for gin_file, topology in found.items():  # v5e-N: N chips
+        chips = int(re.search(r"_v5e_(\d+)\.gin$", gin_file).group(1))
+        a, b = (int(x) for x in topology.split(":")[1].split("x"))
+        assert topology.startswith("v5e:") and a * b == chips, (gin_file, topology)
+
