@@ -30,6 +30,7 @@ from mufm.codec.step import GANConfig, gan_train_step, reconstruct
 from mufm.data.pipeline import DataConfig, host_audio_batches, host_batch_size
 from mufm.eval.audio_metrics import mel_distance, si_snr
 from mufm.gin_flags import GinConfigError
+from mufm.parallel.multihost import aligned_batches, host_local, process_sum
 from mufm.train.optim import OptimizerConfig, make_optimizer, per_group
 from mufm.train.task import Evaluation, Optimizers, StepContext, Task
 
@@ -111,25 +112,28 @@ class CodecTask(Task):
 
     def evaluate(self, program, state, num_batches: int) -> Evaluation:
         """SI-SNR and multi-scale mel distance of eval-split crops (centre crops,
-        silence-padded tails excluded) reconstructed with each of gan.eval_levels, and the
-        first gan.audio_summaries clips as audio: `real` and `levels_<q>`."""
+        silence-padded tails excluded) reconstructed with each of gan.eval_levels, averaged
+        over every host's clips (`clips`: how many), and this host's first
+        gan.audio_summaries clips as audio: `real` and `levels_<q>`."""
         gan, codec = self.gan, self.codec
         refs: list[np.ndarray] = []
         recons: dict[int, list[np.ndarray]] = {q: [] for q in gan.eval_levels}
         it = host_audio_batches(self.data, split=self.data.eval_split, shuffle=False, num_epochs=1,
                                 drop_remainder=False)
-        for _ in range(num_batches):
-            host = next(it, None)
-            if host is None:
-                break
-            # The last batch of a small split is short: pad it to the global batch with
-            # silent rows of length 0 (the mesh needs the full batch; they are not scored).
+        rows, crop = host_batch_size(self.data.batch_size), self.data.sequence_length
+        empty = lambda: {"waveform": np.zeros((0, crop), np.float32),
+                         "waveform_length": np.zeros((0,), np.int32)}
+        for host in aligned_batches(it, num_batches, empty):
+            # A short batch (the last of a small split, or none left on this host while
+            # others go on) is padded to the global batch with silent rows of length 0
+            # (the mesh needs the full batch; they are not scored).
             lengths = host["waveform_length"]
-            wave = np.zeros((host_batch_size(self.data.batch_size), host["waveform"].shape[1]),
-                            np.float32)
+            wave = np.zeros((rows, crop), np.float32)
             wave[:len(lengths)] = host["waveform"]
             batch = program.global_batch({"waveform": wave})
-            outs = {q: np.asarray(jax.device_get(program.evals[f"reconstruct_{q}"](state, batch)))
+            # This host's rows of each reconstruction (the others' are not addressable here).
+            outs = {q: host_local(program.evals[f"reconstruct_{q}"](state, batch),
+                                  program.batch_shardings["waveform"])
                     for q in gan.eval_levels}
             for i, n in enumerate(lengths):
                 if n < codec.hop:
@@ -137,18 +141,22 @@ class CodecTask(Task):
                 refs.append(host["waveform"][i, :n])
                 for q in gan.eval_levels:
                     recons[q].append(outs[q][i, :n])
-        if not refs:
+        sums = {"clips": float(len(refs))}
+        for q in gan.eval_levels:
+            kbps = codec.bitrate(q) / 1000.0
+            sums[f"si_snr_db/{kbps:g}kbps"] = float(np.sum(
+                [si_snr(r, e) for r, e in zip(refs, recons[q])]))
+            sums[f"mel_distance/{kbps:g}kbps"] = float(np.sum(
+                [mel_distance(r[None], e[None], sample_rate=codec.sample_rate)[0]
+                 for r, e in zip(refs, recons[q])]))
+        sums = process_sum(sums)  # every host's clips count, and every host logs the same
+        clips = sums.pop("clips")
+        if not clips:
             log.warning("evaluation split %r of %s is empty", self.data.eval_split,
                         self.data.mixture_or_task_name)
             return Evaluation(scalars={}, sample_rate=codec.sample_rate)
-        scalars = {}
-        for q in gan.eval_levels:
-            kbps = codec.bitrate(q) / 1000.0
-            scalars[f"si_snr_db/{kbps:g}kbps"] = float(np.mean(
-                [si_snr(r, e) for r, e in zip(refs, recons[q])]))
-            scalars[f"mel_distance/{kbps:g}kbps"] = float(np.mean(
-                [mel_distance(r[None], e[None], sample_rate=codec.sample_rate)[0]
-                 for r, e in zip(refs, recons[q])]))
+        scalars = {name: total / clips for name, total in sums.items()}
+        scalars["clips"] = clips  # how many were scored, over all hosts
         k = min(gan.audio_summaries, len(refs))
         audios = {}
         if k:

@@ -175,7 +175,21 @@ def _batched(shard_dataset, cfg: DataConfig, start_batch: int, drop_remainder: b
     if len(parts) == 1:
         ds = parts[0]
     else:
-        ds = tf.data.Dataset.zip(tuple(parts)).map(
+        if drop_remainder:
+            zipped = tf.data.Dataset.zip(tuple(parts))
+        else:
+            # A finite pass: zip stops at the shortest shard, which would drop the other
+            # shards' last batches (and make the clips a host evaluates depend on how many
+            # shards it reads). Each shard goes on with empty batches until all are done.
+            def padded(part):
+                empty = {k: tf.zeros([0] + [d or 0 for d in spec.shape[1:].as_list()], spec.dtype)
+                         for k, spec in part.element_spec.items()}
+                return part.concatenate(tf.data.Dataset.from_tensors(empty).repeat())
+
+            first = next(iter(parts[0].element_spec))
+            zipped = tf.data.Dataset.zip(tuple(padded(p) for p in parts)).take_while(
+                lambda *batches: tf.reduce_any([tf.shape(b[first])[0] > 0 for b in batches]))
+        ds = zipped.map(
             lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]},
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if start_batch:

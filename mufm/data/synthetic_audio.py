@@ -21,7 +21,11 @@ TASK_NAME = "mufm_synthetic_audio"
 CLIP_SECONDS = 2.0
 NOTES = 4
 HARMONICS = 4
-_SPLITS = {"train": (0, 1 << 40), "validation": (1, 64), "test": (2, 64)}
+# (seed offset, examples). `validation_odd` has an odd number of clips, so its input shards
+# hold different numbers of eval batches (2 shards of batch 2: 3 and 2): the multi-host
+# evaluation over uneven shards is rehearsed on it (tests/train/test_multiprocess.py).
+_SPLITS = {"train": (0, 1 << 40), "validation": (1, 64), "test": (2, 64),
+           "validation_odd": (3, 9)}
 
 
 def _example(index: tf.Tensor, split_seed: tf.Tensor, split: str) -> dict[str, tf.Tensor]:

@@ -45,6 +45,7 @@ import optax
 from mufm.audio import SAMPLE_RATE
 from mufm.data.pipeline import DataConfig, host_batch_size, host_captioned_audio_batches
 from mufm.gin_flags import GinConfigError
+from mufm.parallel.multihost import aligned_batches, real_rows
 from mufm.mulan.augment import CaptionAugmentConfig, augment_batch
 from mufm.mulan.model import FROZEN, TRAIN, MuLanConfig, MuLanModel, frozen_labels, train_flops
 from mufm.mulan.tokenizer import tokenize
@@ -267,21 +268,25 @@ class MuLanTask(Task):
 
         it = host_captioned_audio_batches(self.data, split=self.data.eval_split, shuffle=False,
                                           num_epochs=1, drop_remainder=False)
-        rows = host_batch_size(self.data.batch_size)
+        rows, crop = host_batch_size(self.data.batch_size), self.data.sequence_length
+        # A host whose shard ran out while others go on takes part with one silent, captionless
+        # placeholder row (repeated as padding like any short batch's last row, never scored).
+        placeholder = {"waveform": np.zeros((1, crop), np.float32),
+                       "waveform_length": np.zeros((1,), np.int32), "caption": np.array([b""]),
+                       "attributes_json": np.array([b"{}"]), "clip_id": np.array([b""])}
         audio, text, scale = [], [], 1.0
-        for _ in range(num_batches):
-            host = next(it, None)
-            if host is None:
-                break
+        for host in aligned_batches(it, num_batches, lambda: placeholder):
             batch = self.text_batch(host, step=None)
-            k = len(batch["waveform_length"])
-            padded = {name: np.concatenate([v, np.repeat(v[-1:], rows - k, 0)]) if k < rows else v
+            k = 0 if host is placeholder else len(batch["waveform_length"])
+            n = len(batch["waveform_length"])
+            padded = {name: np.concatenate([v, np.repeat(v[-1:], rows - n, 0)]) if n < rows else v
                       for name, v in batch.items()}
             out = program.evals["embed"](state, program.global_batch(padded))
             scale = float(jax.device_get(out["scale"]))  # replicated
             emb = multihost_utils.process_allgather({"a": out["audio"], "t": out["text"]},
                                                     tiled=True)
-            keep = np.arange(len(emb["a"])) % rows < k  # each host's real rows
+            # Every host's real rows (their counts differ at the end of uneven shards).
+            keep = real_rows(program.batch_shardings["waveform_length"], len(emb["a"]), k)
             audio.append(np.asarray(emb["a"])[keep])
             text.append(np.asarray(emb["t"])[keep])
         if not audio or sum(len(a) for a in audio) < 2:

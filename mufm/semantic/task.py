@@ -32,6 +32,7 @@ import optax
 from mufm.audio import SAMPLE_RATE
 from mufm.data.pipeline import DataConfig, host_audio_batches, host_batch_size
 from mufm.gin_flags import GinConfigError
+from mufm.parallel.multihost import aligned_batches
 from mufm.semantic.model import SemanticConfig, SemanticModel, gumbel_temperature, train_flops
 from mufm.train.optim import OptimizerConfig, make_optimizer
 from mufm.train.state import ModelSpec, TrainState, merge_model
@@ -136,13 +137,14 @@ class SemanticTask(Task):
         frames = batches = 0.0
         it = host_audio_batches(self.data, split=self.data.eval_split, shuffle=False, num_epochs=1,
                                 drop_remainder=False)
-        rows = host_batch_size(self.data.batch_size)
-        for _ in range(num_batches):
-            host = next(it, None)
-            if host is None:
-                break
+        rows, crop = host_batch_size(self.data.batch_size), self.data.sequence_length
+        empty = lambda: {"waveform": np.zeros((0, crop), np.float32),
+                         "waveform_length": np.zeros((0,), np.int32)}
+        # As many batches on every host (uneven shards must not leave one waiting); a host
+        # with none left takes part with rows of length 0, which hold no valid frame.
+        for host in aligned_batches(it, num_batches, empty):
             k = len(host["waveform_length"])
-            wave = np.zeros((rows, host["waveform"].shape[1]), np.float32)
+            wave = np.zeros((rows, crop), np.float32)
             lengths = np.zeros((rows,), np.int32)
             wave[:k], lengths[:k] = host["waveform"], host["waveform_length"]
             out = jax.device_get(program.evals["eval"](

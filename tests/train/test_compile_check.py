@@ -116,3 +116,82 @@ def test_abstract_batch_names_match_a_real_batch():
         batch = next(host_batches(cfg, split="train", shuffle=False))
         assert set(batch) == set(batch_feature_names(cfg)), pack
         assert all(v.shape == (2, 32) and v.dtype.kind == "i" for v in batch.values())
+
+
+def test_every_pod_experiment_has_its_slice_topology():
+    from mufm.train.compile_check import pod_experiments
+
+    found = dict(pod_experiments())
+    assert {"experiments/codec_paper_v5e_64.gin", "experiments/mulan_paper_v5e_16.gin",
+            "experiments/musiclm_stage_v5e_256.gin", "experiments/semantic_paper_v5e_256.gin",
+            "experiments/stage_coarse_v5e_256.gin", "experiments/stage_fine_v5e_256.gin",
+            "experiments/stage_semantic_v5e_256.gin"} <= set(found), found
+    for gin_file, topology in found.items():  # v5e-N: N chips
+        chips = int(re.search(r"_v5e_(\d+)\.gin$", gin_file).group(1))
+        a, b = (int(x) for x in topology.split(":")[1].split("x"))
+        assert topology.startswith("v5e:") and a * b == chips, (gin_file, topology)
+
+
+def _readme_walk():
+    """The README's table of the pod-experiment walk: {experiment: [fits column per program]}
+    and the digest block under it."""
+    from mufm.train.compile_check import DIGESTS_HEADER
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")) as f:
+        text = f.read()
+    assert DIGESTS_HEADER in text, "README.md has no `compile_check --all` table"
+    head, tail = text.split(DIGESTS_HEADER, 1)
+    digests = dict(re.findall(r"^- `(\w+)`: `(\w+)`$", tail.split("\n\n", 1)[0], re.M))
+    fits, current = {}, None
+    table = head[head.rindex("| experiment | topology |"):]
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        current = cells[0] or current
+        fits.setdefault(current, []).append(cells[5])
+    return fits, digests
+
+
+def test_readme_walk_is_of_the_configs_as_they_are():
+    """Compiling every pod experiment for its slice takes far longer than CI has on 2 cores
+    (the README gives the times), so CI checks the table's provenance instead: every pod
+    experiment has rows, all fit, and its config digest is the one the table was made with.
+    Changing a pod config (or adding one) fails here until `python -m mufm.train.
+    compile_check --all` is run again and its output replaces the README's table."""
+    from mufm.train.compile_check import pod_experiments
+
+    fits, digests = _readme_walk()
+    proc = subprocess.run([sys.executable, "-m", "mufm.train.compile_check", "--all", "--digests"],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    now = dict(re.findall(r"^- `(\w+)`: `(\w+)`$", proc.stdout, re.M))
+    names = {os.path.basename(g)[:-4] for g, _ in pod_experiments()}
+    assert set(now) == names
+    stale = sorted(n for n in names if digests.get(n) != now[n])
+    assert not stale, (f"{stale}: config changed (or new) since the README's compile table was "
+                       f"made; rerun `python -m mufm.train.compile_check --all`")
+    missing = sorted(names - set(fits))
+    assert not missing, (f"{missing}: no rows in the README's compile table; run `python -m "
+                         f"mufm.train.compile_check --all` and put its table there")
+    assert set(fits) == names, sorted(fits)
+    for name, column in fits.items():
+        assert column and all(c == "yes" for c in column), (name, column)
+
+
+def _pod_experiments():
+    from mufm.train.compile_check import pod_experiments
+
+    return pod_experiments()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MUFM_COMPILE_POD_EXPERIMENTS"),
+                    reason="every pod experiment on its slice takes ~1 h on 2 shared cores (the "
+                           "README's table gives each time); MUFM_COMPILE_POD_EXPERIMENTS=1 runs it")
+@pytest.mark.parametrize("gin_file,topology", _pod_experiments())
+def test_pod_experiment_compiles_and_fits(gin_file, topology):
+    """The real check behind the README's table: every program of the experiment compiled by
+    libtpu for its slice, each within the chip's HBM (nothing reused from an earlier run)."""
+    rc, out, r = run_check(f"--gin_file={gin_file}", f"--topology={topology}", timeout=3600)
+    assert rc == 0 and r["fits"] and r["per_chip"] <= r["hbm"], out

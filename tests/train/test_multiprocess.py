@@ -5,7 +5,13 @@ restarted, the run ends bitwise equal to an uninterrupted 2-process run; it foll
 1-process run on the same 8-device mesh reading the same two input shards within the
 rounding of its all-reduces (gloo sums the shards in another order than XLA's in-process
 collectives, so bitwise equality across the two is not on offer); and a process that dies
-takes the others down within the launcher's grace period, naming it."""
+takes the others down within the launcher's grace period, naming it.
+
+A short codec GAN run (warm-up and GAN steps) evaluates on a split whose two input shards
+hold 3 and 2 eval batches: the hosts agree on the batch count (mufm.parallel.multihost.
+aligned_batches), so neither waits on a collective the other never reaches, and every clip
+is scored; it follows the 1-process run (its first step to fp32 rounding). Without the
+launcher, a dead host's missing heartbeats end the survivors with an error."""
 import os
 import re
 import signal
@@ -17,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests.train.test_train_e2e import _trajectory_rtol
-from tests.train_runs import REPO, checkpoint_steps, run_train, scalars
+from tests.train_runs import REPO, checkpoint_steps, run_train, scalars, train_env
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +35,21 @@ ARGS = ("--gin_file=experiments/synthetic_tiny.gin", "--gin_file=mesh/cpu8.gin",
 LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.sh")
 
 
-def _launch(model_dir, *extra, grace_s=60):
+def _launch(model_dir, *extra, grace_s=60, args=ARGS, env=None):
     env = dict(os.environ, PYTHON=sys.executable, LOG_DIR=os.path.join(model_dir + "_logs"),
-               GRACE_S=str(grace_s))
-    return subprocess.Popen(["bash", LAUNCHER, "2", *ARGS, f'--gin.MODEL_DIR="{model_dir}"', *extra],
+               GRACE_S=str(grace_s), **(env or {}))
+    return subprocess.Popen(["bash", LAUNCHER, "2", *args, f'--gin.MODEL_DIR="{model_dir}"', *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
 
 def _finish(proc, timeout=900):
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every training process
+        out, err = proc.communicate()
+        raise AssertionError(f"the run did not end within {timeout} s (a hang?):\n{out}\n{err}")
     return proc.returncode, out, err
 
 
@@ -111,3 +122,90 @@ def test_a_dead_process_takes_the_others_down_in_bounded_time(tmp_path):
         if os.path.exists(status):
             with open(status) as f:
                 assert re.search(r"^State:\s+Z", f.read(), re.M), f"process {pid} still runs"
+
+
+
+def test_a_dead_host_stops_the_others_without_the_launcher(tmp_path):
+    """On a pod nobody kills the survivors (every worker runs its own `python -m mufm.train`):
+    they must end on their own, with an error. Here the next collective with the dead peer
+    fails at once (gloo: connection reset) and jax's coordination service names the dead
+    task (heartbeat timeout); where a collective waits instead, the heartbeat timeout
+    (MUFM_HEARTBEAT_TIMEOUT_S) ends it."""
+    d = str(tmp_path / "dies")
+    proc = _launch(d, "--gin.TRAIN_STEPS=100000", grace_s=600,
+                   env={"MUFM_HEARTBEAT_TIMEOUT_S": "10"})
+    pids = [int(p) for p in re.search(r"pids ([\d ]+),", proc.stdout.readline()).group(1).split()]
+    _wait_for_checkpoint(d, proc, 5)
+    os.kill(pids[1], signal.SIGKILL)
+    t0 = time.time()
+    rc, out, err = _finish(proc, timeout=300)
+    elapsed = time.time() - t0
+    assert rc != 0 and "process 1 exited" in err, err
+    assert "killed" not in err, err  # the survivor ended by itself, not by the launcher
+    assert elapsed < 10 + 60, elapsed  # the heartbeat timeout, then the abort
+    with open(os.path.join(d + "_logs", "process_0.log")) as f:
+        log = f.read()
+    print(f"survivor ended {elapsed:.0f} s after the kill; its log ends:\n{log[-1500:]}")
+    assert re.search(r"task[:/ ]*1|heartbeat|peer|Connection", log, re.I), log[-3000:]
+
+# The tiny codec GAN: 2 warm-up steps then 2 GAN steps (both train programs), evaluated at
+# the end (one eval program) on all of `validation_odd`: 9 clips, input shard 0 holding 3
+# eval batches and shard 1 holding 2.
+CODEC_STEPS = 4
+CODEC_ARGS = ("--gin_file=experiments/codec_synthetic_tiny.gin", "--gin_file=mesh/cpu8.gin",
+              f"--gin.TRAIN_STEPS={CODEC_STEPS}", "--gin.GANConfig.discriminator_start=2",
+              "--gin.GANConfig.eval_levels=(4,)", "--gin.DataConfig.input_shards=2",
+              "--gin.DataConfig.eval_split='validation_odd'",
+              f"--gin.RunConfig.eval_every={CODEC_STEPS}", "--gin.RunConfig.eval_batches=10",
+              "--gin.RunConfig.log_every=1", f"--gin.CheckpointConfig.save_every={CODEC_STEPS}")
+
+
+def test_codec_with_uneven_eval_shards_two_processes_follow_one(tmp_path):
+    two, one = str(tmp_path / "two"), str(tmp_path / "one")
+    t0 = time.time()
+    # Without agreement on the eval batch count, process 0 would run its third eval batch's
+    # collectives while process 1 has gone on to checkpointing: the timeout turns that hang
+    # into a failure.
+    rc, out, err = _finish(_launch(two, args=CODEC_ARGS), timeout=420)
+    assert rc == 0, out + err
+    two_s = time.time() - t0
+    proc = subprocess.run([sys.executable, "-m", "mufm.train", *CODEC_ARGS,
+                           f'--gin.MODEL_DIR="{one}"'], cwd=REPO, env=train_env(8),
+                          capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"codec: 2 processes {two_s:.0f} s, 1 process {time.time() - t0 - two_s:.0f} s")
+    assert checkpoint_steps(two)[-1] == checkpoint_steps(one)[-1] == CODEC_STEPS
+    # The same initial state and batches: the first step agrees to fp32 rounding. Later
+    # steps drift apart more (gloo's all-reduce order differs from XLA's in-process one, and
+    # the codebook's dead-code restarts are discrete decisions that amplify it), so they
+    # are held to 1 %.
+    for name in ("mel", "discriminator_loss"):
+        l1, l2 = scalars(one, name), scalars(two, name)
+        assert sorted(l1) == sorted(l2) == list(range(1, CODEC_STEPS + 1)), (name, l1, l2)
+        np.testing.assert_allclose(l2[1], l1[1], rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose([l2[s] for s in sorted(l2)], [l1[s] for s in sorted(l1)],
+                                   rtol=1e-2, err_msg=name)
+    assert scalars(two, "discriminator_loss")[CODEC_STEPS] > 0  # the GAN step ran
+    # Every clip of both shards scored, by both runs: 9 clips (the pass did not stop at the
+    # shorter shard, and the longer one's last batch was not dropped).
+    assert scalars(two, "eval/clips") == scalars(one, "eval/clips") == {CODEC_STEPS: 9.0}
+    for tag in ("eval/si_snr_db/", "eval/mel_distance/"):
+        names = [t for t in _tags(two) if t.startswith(tag)]
+        assert names, _tags(two)
+        for t in names:
+            e1, e2 = scalars(one, t), scalars(two, t)
+            assert sorted(e1) == sorted(e2) == [CODEC_STEPS], (t, e1, e2)
+            np.testing.assert_allclose(e2[CODEC_STEPS], e1[CODEC_STEPS], rtol=0.05, atol=0.05,
+                                       err_msg=t)
+
+
+def _tags(model_dir):
+    from tensorboard.backend.event_processing import event_accumulator
+    import glob
+
+    tags = set()
+    for path in glob.glob(os.path.join(model_dir, "events.out.tfevents.*")):
+        acc = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
+        acc.Reload()
+        tags.update(acc.Tags().get("tensors", []))
+    return sorted(tags)
