@@ -89,11 +89,10 @@ def test_story_windows_are_given_their_parts_caption(cascade, monkeypatch):
     request = _story_request(cascade)
     seen = []
 
-    def spy(module, layout, examples, frames, config, key, *, prefix_frames=0):
+    def spy(module, layout, examples, frames, config, key, **kwargs):
         if "mulan" in examples[0]:
             seen.append((layout.name, np.stack([e["mulan"] for e in examples])))
-        return generate_stage(module, layout, examples, frames, config, key,
-                              prefix_frames=prefix_frames)
+        return generate_stage(module, layout, examples, frames, config, key, **kwargs)
 
     monkeypatch.setattr(cascade_module, "generate_stage", spy)
     tokens = cascade.tokens(request, seed=0, progress=False)
