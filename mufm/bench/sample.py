@@ -25,8 +25,10 @@ attention over the cache is 0.9 ms at batch 1 and 10.3 ms at batch 8, the MLPs a
 projections (weights read once per step) 4.1 and 4.7 ms, sampling 0.1 and 0.8 ms. The
 cache update is in place (no copy of the cache buffers in the compiled loop); what grows
 with the batch is reading batch x slots of keys and values, 17 MB against 138 MB a step.
-On an idle machine batch 8 ran at 459 tokens/s and batch 1 at 172; the 231.6 tokens/s
-first quoted for batch 8 was measured on a loaded one. Reading only the filled part of
+Measured with nothing else running: batch 1 at 99.8 tokens/s and batch 8 at 332.9 (326-356
+over 3 repeats), cache speedup at 2k 104, cascade_rtf 0.586 (CPU runs, 20 s); another
+idle run gave 172 and 459. The 231.6 tokens/s first quoted for batch 8 was measured on a
+loaded machine. Reading only the filled part of
 the cache (loops over a growing cache) cut attention but tripled compile time for a gain
 lost in the noise, so the sampler keeps one loop.
 """
