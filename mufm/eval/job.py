@@ -13,11 +13,12 @@ Every figure sits beside the rows that give it meaning:
 | memorization | generated semantic runs of n found in the train tokens (exact, Hamming <= k) | - |
 | semantic entropy | of generated 125-token windows | of the train tokens' windows |
 
-`report.html` (mufm/eval/report.py) shows every prompt with players and spectrograms of
-its clip and reference beside the tables. Generation is batched: a batch's noise comes from the seed of its first prompt, so the
-same prompt set with the same batch size always gives the same audio. Each rows' figures
-and the summary go to `metrics.json`; the clips to `wav/`; the summary as `eval/...`
-scalars to TensorBoard events in the output directory.
+Generation is batched: a batch's noise comes from the seed of its first prompt, so the
+same prompt set with the same batch size always gives the same audio. Each row's figures
+and the summary go to `metrics.json`, the clips to `wav/`, the summary as `eval/...`
+scalars to TensorBoard events in the output directory, and `report.html`
+(mufm/eval/report.py) shows every prompt with players and spectrograms of its clip and
+reference beside the tables.
 """
 from __future__ import annotations
 
@@ -115,7 +116,9 @@ def evaluate(cascade, prompts: Sequence[Prompt], seconds: float, out_dir: str, *
                           # Each clip against the next prompt's request: what matching
                           # by luck scores on this prompt set.
                           "chance": control_scores(gen_est, prompts[1:] + prompts[:1])}
-    with_audio = [p for p in prompts if p.audio]
+    paired = [i for i, p in enumerate(prompts) if p.audio]  # prompts with a reference clip
+    with_audio = [prompts[i] for i in paired]
+    noise = _noise_like(audio)
     references = [_crop(p.audio, p.duration_s, seconds, rate) for p in with_audio]
     if references:
         results["control"]["reference"] = control_scores(_estimates(references, rate), with_audio)
@@ -130,7 +133,6 @@ def evaluate(cascade, prompts: Sequence[Prompt], seconds: float, out_dir: str, *
         ref_emb = np.stack([mulan.embed_clip(r) for r in references])
         ref_text = mulan.embed_text([p.caption for p in with_audio])
         results["mcc"]["reference"] = cycle_consistency(ref_text, ref_emb)
-        noise = _noise_like(audio)
         results["fad_mulan"] = {
             "generated": fad(gen_emb, ref_emb),
             "white_noise": fad(np.stack([mulan.embed_clip(n) for n in noise]), ref_emb)}
@@ -148,8 +150,7 @@ def evaluate(cascade, prompts: Sequence[Prompt], seconds: float, out_dir: str, *
 
     if references:
         t0 = time.perf_counter()
-        paired = [i for i, p in enumerate(prompts) if p.audio]
-        results.update(_musicnn_rows(audio, paired, references, _noise_like(audio), rate))
+        results.update(_musicnn_rows(audio, paired, references, noise, rate))
         timings["musicnn"] = time.perf_counter() - t0
 
     results["semantic_entropy_bits"] = {"generated": mean_window_entropy(semantic)}
@@ -168,10 +169,10 @@ def evaluate(cascade, prompts: Sequence[Prompt], seconds: float, out_dir: str, *
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
     _write_scalars(scalars_dir or out_dir, results, step)
-    from mufm.eval.report import history_of, write_report
+    from mufm.eval.report import write_report
+    from mufm.eval.watch import evaluated_steps
 
-    paired = [i for i, p in enumerate(prompts) if p.audio]
-    history = dict(history_of(scalars_dir), **{step: results}) if scalars_dir else None
+    history = dict(evaluated_steps(scalars_dir), **{step: results}) if scalars_dir else None
     write_report(out_dir, results, audio, rate, dict(zip(paired, references)), history,
                  title=f"mufm evaluation, step {step}" if scalars_dir else "mufm evaluation")
     return results

@@ -13,6 +13,7 @@ hashes find every candidate and the candidates are checked token by token.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -22,14 +23,22 @@ from mufm.data.pretokenize import ENTROPY_WINDOW, window_entropies
 _BASE = np.uint64(1_000_003)
 
 
+@functools.lru_cache(maxsize=None)
+def _powers(width: int) -> np.ndarray:
+    """_BASE^0 .. _BASE^(width - 1) mod 2^64: computed once per block width, as every
+    lookup hashes k + 1 blocks of each generated run."""
+    powers = np.ones(width, np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(1, width):
+            powers[i] = powers[i - 1] * _BASE
+    powers.flags.writeable = False
+    return powers
+
+
 def _hashes(windows: np.ndarray) -> np.ndarray:
     """Polynomial hashes [m] of windows [m, w] of token ids (uint64 arithmetic wraps)."""
-    w = windows.shape[1]
-    powers = np.ones(w, np.uint64)
     with np.errstate(over="ignore"):
-        for i in range(1, w):
-            powers[i] = powers[i - 1] * _BASE
-        return (windows.astype(np.uint64) + np.uint64(1)) @ powers
+        return (windows.astype(np.uint64) + np.uint64(1)) @ _powers(windows.shape[1])
 
 
 def _runs(seq: np.ndarray, n: int) -> np.ndarray:

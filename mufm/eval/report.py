@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 from typing import Sequence
 
@@ -144,14 +143,3 @@ def write_report(out_dir: str, results: dict, audio: Sequence[np.ndarray], sampl
         f.write("\n".join(parts))
     os.replace(path + ".tmp", path)
     return path
-
-
-def history_of(watch_dir: str) -> dict[int, dict]:
-    """{step: summary} of a `--watch` output directory (evaluated_steps.json)."""
-    from mufm.eval.watch import DONE
-
-    path = os.path.join(watch_dir, DONE)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return {int(k): v for k, v in json.load(f).items()}
