@@ -54,4 +54,11 @@ if [ "$(.venv/bin/pip show musicnn 2>/dev/null | sed -n 's/^Version: //p')" != "
   echo "[install] pip install --no-deps $MUSICNN_WHEEL"
   .venv/bin/pip install -q --no-deps "$MUSICNN_WHEEL"
 fi
+# TF Serving's protos (PredictionLog for the SavedModel's warm-up requests, mufm/export).
+# --no-deps: it pins tensorflow and grpcio; mufm uses its protobuf messages only.
+SERVING_API=tensorflow-serving-api==2.21.0
+if [ "$(.venv/bin/pip show tensorflow-serving-api 2>/dev/null | sed -n 's/^Version: //p')" != "${SERVING_API##*==}" ]; then
+  echo "[install] pip install --no-deps $SERVING_API"
+  .venv/bin/pip install -q --no-deps "$SERVING_API"
+fi
 echo "[install] ok: $(.venv/bin/python -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)' 2>/dev/null)"

@@ -41,6 +41,7 @@ class MuLanTokens:
         rvq = ResidualVectorQuantizer(n, k, d, rngs=nnx.Rngs(0))
         rvq.codebook[...] = jnp.asarray(self.codebooks)
         graphdef, state = nnx.split(rvq)
+        self.graphdef = graphdef  # with `_state`: the quantizer as a pure function (export)
         self._encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
         self._decode = jax.jit(lambda s, c: nnx.merge(graphdef, s).decode(c))
         self._state = state

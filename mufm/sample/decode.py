@@ -15,7 +15,9 @@ conditional rows (no second forward pass).
 
 Randomness: step keys are `fold_in(key, position)` and each row (each pair, with guidance)
 folds in its index, so a row's tokens depend on the key, its prompt and its index, not on
-what else is in the batch, and the cached and uncached samplers draw the same noise.
+what else is in the batch, and the cached and uncached samplers draw the same noise. A
+batch of keys (one per row, the exported cascade's per-request seeds) draws each row as
+row 0 of a batch of its own: what a row gets never depends on its place in the batch.
 
 `sample_uncached` recomputes the whole (padded) sequence every step with
 `StageLM.__call__`: the reference the tests hold the cached loop to, and the recompute
@@ -23,6 +25,8 @@ baseline of mufm/bench/sample.py.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 from typing import Any, Sequence
@@ -74,6 +78,28 @@ def _rows(batch: int, config: SamplingConfig) -> int:
     return batch
 
 
+_portable = contextvars.ContextVar("portable_top_k", default=False)
+
+
+@contextlib.contextmanager
+def portable_top_k():
+    """Traces `choose` with the k-th largest logit taken from a sort instead of
+    `lax.top_k`, whose StableHLO composite TensorFlow 2.21's XLA cannot deserialize (the
+    export, mufm/export). The value is the same, so are the tokens; the sort is slower."""
+    token = _portable.set(True)
+    try:
+        yield
+    finally:
+        _portable.reset(token)
+
+
+def _kth_largest(logits: jax.Array, k: int) -> jax.Array:
+    """[b, 1]: the k-th largest value of each row."""
+    if _portable.get():
+        return jnp.sort(logits, axis=-1)[:, -k][:, None]
+    return jax.lax.top_k(logits, k)[0][:, -1:]
+
+
 def choose(logits: jax.Array, position: jax.Array, lo: jax.Array, hi: jax.Array,
            key: jax.Array, config: SamplingConfig) -> jax.Array:
     """The tokens [m] for `position` from the previous token's fp32 logits [b, vocab]
@@ -90,7 +116,7 @@ def choose(logits: jax.Array, position: jax.Array, lo: jax.Array, hi: jax.Array,
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / config.temperature
     if config.top_k:
-        kth = jax.lax.top_k(logits, min(config.top_k, logits.shape[-1]))[0][:, -1:]
+        kth = _kth_largest(logits, min(config.top_k, logits.shape[-1]))
         logits = jnp.where(logits >= kth, logits, -jnp.inf)
     if config.top_p < 1:
         ordered = jnp.sort(logits, axis=-1)[:, ::-1]
@@ -99,8 +125,11 @@ def choose(logits: jax.Array, position: jax.Array, lo: jax.Array, hi: jax.Array,
         # The most likely id is always kept (before = 0), so top_p -> 0 is greedy.
         cut = jnp.min(jnp.where(before < config.top_p, ordered, jnp.inf), axis=-1, keepdims=True)
         logits = jnp.where(logits >= cut, logits, -jnp.inf)
-    step_key = jax.random.fold_in(key, position)
-    row_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(m))
+    if key.ndim:  # one key per row (pair): each row draws as row 0 of a batch of its own
+        row_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, position), 0))(key)
+    else:
+        step_key = jax.random.fold_in(key, position)
+        row_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(m))
     return jax.vmap(jax.random.categorical)(row_keys, logits).astype(jnp.int32)
 
 
