@@ -4,7 +4,7 @@ SavedModel carries (mufm/export/saved_model.py).
 `mufm.sample.cascade` runs a request window by window from Python, with numpy between the
 windows. A SavedModel holds no Python, so here the same windows are traced into one
 program per clip length: the window plan (`plan_windows`) is fixed by the number of frames,
-so it is unrolled at trace time, the tracks are arrays of the whole clip, and each
+so it is unrolled at trace time (`Cascade.plans`, shared with the cascade), the tracks are arrays of the whole clip, and each
 window's prompt is built from traced codes (mufm/export/prompts.py) instead of
 `StageLayout.encode`. The windows, their keys and their sampler are those of the cascade,
 so the tokens are the cascade's own (tested exactly against `Cascade.tokens`).
@@ -22,14 +22,12 @@ from __future__ import annotations
 import dataclasses
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from mufm.export.prompts import new_codes, stage_prompt
-from mufm.lm.layouts import MISSING, SEMANTIC_HZ
+from mufm.lm.layouts import MISSING
 from mufm.sample.cascade import STAGES, Cascade
 from mufm.sample.decode import decode_steps, prefill
-from mufm.sample.windows import plan_windows
 
 
 @dataclasses.dataclass
@@ -116,15 +114,6 @@ class Programs:
 
     # -- the cascade -------------------------------------------------------------------------
 
-    def plans(self, frames: int) -> dict:
-        """The windows of a clip of `frames` semantic frames, per stage (the cascade's)."""
-        c, L = self.cascade, self.layouts
-        sem, crs, fine = (L["semantic"].target.frames, L["coarse"].segments[1].frames,
-                          L["fine"].target.frames)
-        return {"semantic": plan_windows(frames, sem, c._keep(sem)),
-                "coarse": plan_windows(frames, crs, c._keep(crs)),
-                "fine": plan_windows(2 * frames, fine, c._keep(fine))}
-
     def _window(self, weights, name: str, segments: list, prefix: jax.Array, frames: int,
                 keys: jax.Array, i: int) -> jax.Array:
         """One window of stage `name`: codes [b, frames, levels] (prefix included), as
@@ -146,7 +135,7 @@ class Programs:
                        ) -> tuple[jax.Array, jax.Array]:
         """MuLan tokens [b, levels] and seeds [b] -> (semantic ids [b, frames], acoustic
         codes [b, 2 frames, codec levels]) of a clip of `frames` semantic frames."""
-        plans = self.plans(frames)
+        plans = self.cascade.plans(frames)
         base = jax.vmap(jax.random.key)(seeds.astype(jnp.uint32))
         keys = {name: jax.vmap(lambda k, j=j: jax.random.fold_in(k, j + 1))(base)
                 for j, name in enumerate(STAGES)}
@@ -180,7 +169,3 @@ class Programs:
         _, codes = self.acoustic_codes(weights, mulan, seeds, frames)
         return self.decode_codes(weights, codes, "auto"), codes
 
-
-def frames_for(seconds: float) -> int:
-    """Semantic frames of a clip of `seconds` (the cascade's rounding)."""
-    return int(np.ceil(seconds * SEMANTIC_HZ - 1e-9))

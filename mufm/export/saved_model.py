@@ -139,8 +139,8 @@ def build_module(programs, cfg: ExportConfig):
     """A tf.Module holding the weights and every signature's function."""
     import tensorflow as tf
 
-    from mufm.export.programs import frames_for
     from mufm.export.text import GraphTokenizer
+    from mufm.sample.requests import frames_for
 
     c = programs.cascade
     if cfg.max_seconds > c.max_seconds:
@@ -189,6 +189,7 @@ def build_module(programs, cfg: ExportConfig):
     def run(text, seconds, seed):
         """(waveform [b, n], codes [b, 2 x bucket frames, levels], lengths, frames)."""
         ids, mask, seconds, seeds = requests(text, seconds, seed)
+        # `frames_for` in the graph (float64 input: the same rounding as Python's).
         frames = tf.cast(tf.math.ceil(seconds * SEMANTIC_HZ - 1e-9), tf.int64)
         lengths = tf.cast(tf.round(seconds * sr), tf.int64)
         longest = tf.reduce_max(frames)

@@ -35,7 +35,6 @@ no model, and `Request` itself, are mufm/sample/requests.py).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from typing import Any, Iterator, Sequence
@@ -47,7 +46,7 @@ from mufm.lm.layouts import ACOUSTIC_HZ, MISSING, SEMANTIC_HZ, StageLayout
 from mufm.sample.decode import SamplingConfig, generate_stage
 from mufm.sample.requests import (MAX_SECONDS, MIN_PROMPT_SECONDS, SAMPLES_PER_SEMANTIC_FRAME,
                                   Request, Sampled, _check_samples, _check_seconds,
-                                  check_inputs, check_story, parse_story)
+                                  check_inputs, check_story, frames_for, parse_story)
 from mufm.sample.windows import CascadeError, Track, Window, plan_windows
 
 # MusicLM's temperatures (Agostinelli et al. 2023, sec. 3.3): 1.0, 0.95, 0.4.
@@ -208,6 +207,20 @@ class Cascade:
     def _keep(self, window: int) -> int:
         return min(int(round(window * self.overlap)), window - 1)
 
+    def plans(self, frames: int, *, given: int = 0, cuts: Sequence[int] = ()) -> dict:
+        """Each stage's windows over a clip of `frames` semantic frames, of which `given`
+        exist (an audio prompt), never sampling across `cuts` (story boundaries). The
+        semantic and coarse plans are in semantic frames, the fine one in acoustic frames;
+        the exported programs (mufm/export/programs.py) unroll these same plans."""
+        layouts = {name: layout for name, (_, layout) in self.stages.items()}
+        semantic = layouts["semantic"].target.frames
+        coarse = layouts["coarse"].segments[1].frames  # the semantic frames of its window
+        fine = layouts["fine"].target.frames
+        return {"semantic": plan_windows(frames, semantic, self._keep(semantic), given=given,
+                                         cuts=cuts),
+                "coarse": plan_windows(frames, coarse, self._keep(coarse), given=given, cuts=cuts),
+                "fine": plan_windows(2 * frames, fine, self._keep(fine), given=2 * given)}
+
     def check_inputs(self, texts: Sequence[str], seconds: float) -> list[str]:
         return check_inputs(texts, seconds, self.max_seconds)
 
@@ -219,7 +232,7 @@ class Cascade:
         rows = [t for t in texts for _ in range(_check_samples(num_samples))]
         mulan = np.asarray(self._timed_mulan(lambda: self.mulan.tokens_text(rows)))
         return Request(texts=[[t] for t in rows], mulan=mulan[:, None], cuts=(),
-                       frames=math.ceil(seconds * SEMANTIC_HZ - 1e-9),
+                       frames=frames_for(seconds),
                        samples=int(round(seconds * self.sample_rate)))
 
     def story_request(self, story: Sequence[tuple[str, float]], num_samples: int = 1) -> Request:
@@ -271,7 +284,7 @@ class Cascade:
         self.timings = {"prompt": time.perf_counter() - t0}
         m = len(mulan)
         return Request(texts=rows, mulan=mulan, cuts=(),
-                       frames=p + math.ceil(seconds * SEMANTIC_HZ - 1e-9),
+                       frames=p + frames_for(seconds),
                        samples=len(wave) + int(round(seconds * self.sample_rate)),
                        prompt_semantic=np.repeat(semantic[None], m, axis=0),
                        prompt_acoustic=np.repeat(acoustic[None], m, axis=0))
@@ -379,16 +392,7 @@ class _Run:
             self.tracks["semantic"].write(0, request.prompt_semantic)
             self.tracks["coarse"].write(0, request.prompt_acoustic[..., :coarse.num_levels])
             self.tracks["fine"].write(0, request.prompt_acoustic[..., coarse.num_levels:])
-        windows = {"semantic": self.layouts["semantic"].target.frames,
-                   "coarse": self.layouts["coarse"].segments[1].frames,  # semantic frames
-                   "fine": fine.frames}
-        self.plans = {
-            "semantic": plan_windows(frames, windows["semantic"],
-                                     cascade._keep(windows["semantic"]), given=p, cuts=request.cuts),
-            "coarse": plan_windows(frames, windows["coarse"], cascade._keep(windows["coarse"]),
-                                   given=p, cuts=request.cuts),
-            "fine": plan_windows(2 * frames, fine.frames, cascade._keep(fine.frames), given=2 * p),
-        }
+        self.plans = cascade.plans(frames, given=p, cuts=request.cuts)
         # The decoder's chunk: the frames a steady fine window adds.
         self.chunk = max(1, fine.frames - cascade._keep(fine.frames))
         self.done = dict.fromkeys(STAGES, 0)

@@ -17,6 +17,12 @@ MIN_PROMPT_SECONDS = 1.0
 SAMPLES_PER_SEMANTIC_FRAME = 24_000 // SEMANTIC_HZ
 
 
+def frames_for(seconds: float) -> int:
+    """Semantic frames of a clip of `seconds`: whole 40 ms frames, rounded up (a float a
+    hair over a whole frame count does not add one)."""
+    return math.ceil(seconds * SEMANTIC_HZ - 1e-9)
+
+
 def check_inputs(texts: Sequence[str], seconds: float, max_seconds: float = MAX_SECONDS
                  ) -> list[str]:
     """The captions as a list, or CascadeError: no caption, an empty one, seconds <= 0 or

@@ -111,21 +111,17 @@ def find_versions(model_dir: str, names: list[str] | None = None,
 def load_version(v: Version, *, warmup: bool = True, log=print) -> Version:
     """Loads the SavedModel and replays its warm-up requests (TF Serving's behaviour): the
     first client never pays a compile."""
-    import json
-
     import tensorflow_text  # noqa: F401  (the caption ops)
     import tensorflow as tf
 
-    from mufm.export.saved_model import META_FILE, WARMUP_FILE, read_warmup
+    from mufm.export.saved_model import META_FILE, WARMUP_FILE, read_meta, read_warmup
 
     v.state = "LOADING"
     t0 = time.perf_counter()
     v.loaded = tf.saved_model.load(v.path)
     v.signature_defs = signature_defs(v.path)
-    meta_path = os.path.join(v.path, "assets.extra", META_FILE)
-    if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            v.meta = json.load(f)
+    if os.path.isfile(os.path.join(v.path, "assets.extra", META_FILE)):
+        v.meta = read_meta(v.path)
     warm = os.path.join(v.path, "assets.extra", WARMUP_FILE)
     n = 0
     if warmup and os.path.isfile(warm):
@@ -145,11 +141,12 @@ def generate_limits(v: Version) -> tuple[float, list[int]]:
 
 
 def bucket(v: Version, seconds: np.ndarray) -> int:
-    """The index of the traced clip length that a request's longest row runs in."""
-    from mufm.lm.layouts import SEMANTIC_HZ
+    """The index of the traced clip length that a request's longest row runs in (the
+    export's own choice, mufm/export/saved_model.py)."""
+    from mufm.sample.requests import frames_for
 
     _, frames = generate_limits(v)
-    longest = int(np.ceil(np.max(seconds) * SEMANTIC_HZ - 1e-9))
+    longest = frames_for(float(np.max(seconds)))
     return int(sum(longest > f for f in frames[:-1]))
 
 

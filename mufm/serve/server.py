@@ -30,7 +30,6 @@ import select
 import socket
 import threading
 import time
-import unicodedata
 from typing import Any
 
 import numpy as np
@@ -130,23 +129,24 @@ class ModelServer:
         return self.versions[name][version].run(signature, arrays)
 
     def _check_generate(self, v: M.Version, arrays: dict) -> None:
-        export_max, _ = M.generate_limits(v)
-        limits = [x for x in (export_max, self.cfg.max_seconds) if x > 0]
+        """The cascade's own request checks (mufm/sample/requests.py), with the export's
+        max_seconds and --max_seconds, on each row."""
+        from mufm.sample.requests import _check_seconds, check_inputs
+        from mufm.sample.windows import CascadeError
+
+        limits = [x for x in (M.generate_limits(v)[0], self.cfg.max_seconds) if x > 0]
         limit = min(limits) if limits else math.inf
-        for i, t in enumerate(np.atleast_1d(arrays["text"])):
-            try:
-                text = t.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadRequest(f"text {i} is not UTF-8") from None
-            if not "".join(ch for ch in text if not ch.isspace()
-                           and unicodedata.category(ch) != "Cc"):
-                raise BadRequest(f"text {i} is empty: a caption needs at least one word")
-        seconds = np.asarray(arrays["seconds"], np.float64)
-        if not np.all(np.isfinite(seconds)) or np.any(seconds <= 0):
-            raise BadRequest(f"seconds must be finite and > 0, got {seconds.tolist()}")
-        if np.any(seconds > limit):
-            raise BadRequest(f"seconds must be <= {limit:g}, got {float(np.max(seconds)):g}")
+        try:
+            texts = [t.decode("utf-8") for t in np.atleast_1d(arrays["text"])]
+        except UnicodeDecodeError:
+            raise BadRequest("a text is not UTF-8") from None
         seed = np.asarray(arrays["seed"])
+        try:
+            check_inputs(texts, 1.0, limit)
+            for s in np.atleast_1d(arrays["seconds"]):
+                _check_seconds(float(s), limit)
+        except CascadeError as e:
+            raise BadRequest(str(e)) from None
         if np.any(seed < 0) or np.any(seed >= 2 ** 31):
             raise BadRequest("seed must be in [0, 2**31)")
 
