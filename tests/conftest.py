@@ -20,24 +20,9 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
     """{role: run dir} of the tiny runs: MuLan, three stages, codec, semantic tokenizer."""
-    import numpy as np
+    from mufm.sample.random_runs import TINY, write_cascade
 
-    from tests.tiny_runs import (CODEC_GIN, MULAN_GIN, STAGE_BINDINGS, STAGE_GIN,
-                                 semantic_tokenizer_run, write_run)
-
-    from mufm.mulan.tokens import MuLanTokens
-
-    root = tmp_path_factory.mktemp("cascade_runs")
-    out = {"codec": write_run(CODEC_GIN, str(root / "codec"), 1, mark_codebooks=True),
-           "mulan": write_run(MULAN_GIN, str(root / "mulan"), 0)}
-    emb = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
-    MuLanTokens.fit(emb / np.linalg.norm(emb, axis=1, keepdims=True), num_levels=3,
-                    codebook_size=16).save(os.path.join(out["mulan"], "mulan_tokens"))
-    for name, bindings in STAGE_BINDINGS.items():
-        out[name] = write_run(STAGE_GIN, str(root / name), 0,
-                              bindings=['TOKENS_DIR="/nonexistent"', *bindings])
-    out["semantic_tokenizer"] = semantic_tokenizer_run(str(root / "semantic_tokenizer"))
-    return out
+    return write_cascade(str(tmp_path_factory.mktemp("cascade_runs")), TINY)
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +30,18 @@ def cascade(runs):
     from tests.tiny_runs import load
 
     return load(runs)
+
+
+# The heaviest files first (seconds per file from `--durations` of a full run on 2 cores:
+# the multi-process rehearsals ~740, the TPU compile checks ~570, the codec's end-to-end
+# runs ~370, ...). `launch/test.sh` spreads whole files over two pytest-xdist workers in
+# collection order, so the long ones start at once instead of meeting at the end.
+HEAVY_FIRST = ("tests/train/test_multiprocess.py", "tests/train/test_compile_check.py",
+               "tests/codec/test_e2e.py", "tests/codec/test_step.py", "tests/train/test_train_e2e.py",
+               "tests/train/test_restore.py", "tests/lm/test_stage_e2e.py",
+               "tests/export/test_export.py", "tests/mulan/test_e2e.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

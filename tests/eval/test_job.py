@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mufm.eval.prompts import Prompt, control_prompts, corpus_prompts, musiccaps_prompts, seed_of
+from mufm.eval.prompts import Prompt, control_prompts, musiccaps_prompts, seed_of
 from tests.eval.test_control import scale
 from mufm.eval.control import parse_key
 
@@ -114,7 +114,8 @@ def test_watch_evaluates_each_committed_checkpoint_once_across_restarts(runs, tm
 
     from mufm.eval.watch import evaluated_steps, watch
     from mufm.generate.config import GenerateConfig
-    from tests.tiny_runs import STAGE_GIN, write_run
+    from mufm.sample.random_runs import write_run
+    from tests.tiny_runs import STAGE_GIN
 
     stage = str(tmp_path / "stage_semantic")
     shutil.copytree(runs["semantic"], stage)
