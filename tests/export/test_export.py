@@ -197,3 +197,167 @@ def test_concurrent_clients_are_batched(server):
     assert [r[0] for r in results] == [200] * 4
     batches = s.batcher.stats["batches"] - before.get("batches", 0)
     assert batches < 4  # at least two requests shared a call
+
+
+# -- faults: a client gone, load, shutdown -------------------------------------------------
+# The real server and batcher over the real SavedModel; only the batch thread is held at a
+# gate (a ModelServer whose runner waits for an Event) so each test can put a request in a
+# known state: running, queued, or in flight when stop() is called.
+
+def _body(signature="generate_codes", seconds=0.5, seed=0) -> bytes:
+    return json.dumps({"signature_name": signature, "instances": [
+        {"text": "a calm piano piece", "seconds": seconds, "seed": seed}]}).encode()
+
+
+def _until(cond, timeout=30.0, what="condition"):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _gated_server(server):
+    """(server, url, gate, entered): a second server over the first one's loaded versions
+    whose batch thread sets `entered` and waits for `gate` before each batch."""
+    from mufm.serve.batching import BatchingConfig
+    from mufm.serve.server import ModelServer, ServeConfig
+
+    gate, entered = threading.Event(), threading.Event()
+
+    class Gated(ModelServer):
+        def _run_key(self, key, arrays):
+            entered.set()
+            assert gate.wait(120), "the gate was never opened"
+            return super()._run_key(key, arrays)
+
+    g = Gated(ServeConfig(model_dir=server[0].cfg.model_dir, port=0,
+                          batching=BatchingConfig(max_batch_size=4, max_enqueued_batches=2,
+                                                  allowed_batch_sizes=(1, 4))),
+              log=lambda m: None)
+    g.versions = server[0].versions
+    host, port = g.start()
+    return g, f"http://{host}:{port}", gate, entered
+
+
+@pytest.fixture
+def gated(server):
+    g, url, gate, entered = _gated_server(server)
+    yield g, url, gate, entered
+    gate.set()
+    g.stop()
+
+
+def _in_thread(fn, *args):
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn(*args)))
+    t.start()
+    return t, out
+
+
+def _raw_predict(url: str, body: bytes):
+    import socket
+
+    host, port = url.split("//")[1].split(":")
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+              % len(body) + body)
+    return s
+
+
+def test_a_client_gone_while_queued_is_never_run(gated):
+    g, url, gate, entered = gated
+    a, got = _in_thread(_post, url, _body(seed=1))
+    assert entered.wait(60)  # the batch thread holds A's batch at the gate
+    sock = _raw_predict(url, _body(seed=2))  # B queues behind it ...
+    _until(lambda: g.batcher.queued_rows() == 1, what="B queued")
+    sock.close()  # ... and hangs up
+    _until(lambda: g.stats["abandoned"] == 1, what="B noticed gone")
+    rows = g.batcher.stats["rows"]
+    gate.set()
+    a.join(60)
+    assert got[0][0] == 200
+    ok, _ = _post(url, b'{"signature_name": "embed_text", "instances": ["soft piano"]}')
+    assert ok == 200
+    # B was dropped off the queue as cancelled, never run: only the embed_text row ran.
+    assert g.batcher.stats["cancelled"] == 1 and g.batcher.stats["rows"] == rows + 1
+
+
+def test_load_is_bounded_by_the_queue_and_leaves_no_heap_behind(gated):
+    import tracemalloc
+
+    g, url, gate, entered = gated
+    a, first = _in_thread(_post, url, _body(seed=0))
+    assert entered.wait(60)
+    # A is running; the queue holds max_enqueued_batches x max_batch_size = 8 rows; of 10
+    # more clients, 2 get 503 at once and the other 8 wait.
+    clients = [_in_thread(_post, url, _body(seed=i)) for i in range(1, 11)]
+    _until(lambda: g.batcher.queued_rows() == 8 and sum(len(o) for _, o in clients) == 2,
+           what="8 queued, 2 refused")
+    assert sorted(o[0][0] for _, o in clients if o) == [503, 503]
+    gate.set()
+    for t, _ in [(a, first), *clients]:
+        t.join(120)
+    assert sorted(o[0][0] for _, o in [(a, first), *clients]) == [200] * 9 + [503] * 2
+
+    def round_of(n, seed):  # n concurrent clients, 1 s of waveform each (~96 KB of float32)
+        ts = [_in_thread(_post, url, _body("generate", 1.0, seed + i)) for i in range(n)]
+        for t, out in ts:
+            t.join(120)
+            assert out[0][0] == 200
+        return len(json.dumps(ts[0][1][0][1]))
+
+    round_of(8, 100)  # first calls at each batch size, buffers sized
+    tracemalloc.start()
+    try:
+        round_of(8, 200)
+        base = tracemalloc.get_traced_memory()[0]
+        for r in range(3):
+            round_of(8, 300 + 10 * r)
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    # Anything kept per request (its input arrays, its 96 KB waveform, its JSON) would
+    # grow the heap by >= 24 x 96 KB over these 24 requests; allow half of that.
+    assert grown < 12 * 96_000, f"the Python heap grew {grown} bytes over 24 requests"
+
+
+def test_stop_finishes_the_requests_in_flight(server):
+    """stop() (SIGTERM / Ctrl-C in the CLI) closes the port, lets the request in flight
+    finish and be answered, then returns."""
+    g, url, gate, entered = _gated_server(server)
+    host, port = g.httpd.server_address[:2]
+    try:
+        a, got = _in_thread(_post, url, _body(seed=1))
+        assert entered.wait(60)
+        stopper, _ = _in_thread(g.stop)
+
+        def refused():
+            import socket
+            try:
+                socket.create_connection((host, port), timeout=5).close()
+                return False
+            except ConnectionRefusedError:
+                return True
+
+        _until(refused, what="the port closed")
+        assert stopper.is_alive() and not got  # still waiting for the request in flight
+        gate.set()
+        a.join(60)
+        stopper.join(60)
+        assert got[0][0] == 200 and not stopper.is_alive()
+    finally:
+        gate.set()  # a failed assertion must not leave the batch thread waiting
+
+
+def test_saved_model_cli_run_serving_default(exported, tmp_path):
+    out = tmp_path / "outputs"
+    run = subprocess.run([sys.executable, "-m", "mufm.export.saved_model_cli", "run", "--dir",
+                          exported[1], "--tag_set", "serve", "--signature_def", "serving_default",
+                          "--input_exprs", 'text=[b"a calm piano piece"];seconds=[1.0];seed=[3]',
+                          "--outdir", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    wave = np.load(out / "waveform.npy")
+    assert wave.shape == (1, 24000) and np.all(np.isfinite(wave)) and np.abs(wave).max() > 0
+    assert np.load(out / "sample_rate.npy").tolist() == [24000]
