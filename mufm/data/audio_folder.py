@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import json
 import math
 import os

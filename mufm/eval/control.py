@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--profiles", default="aarden", choices=sorted(PROFILES))
     args = p.parse_args(argv)
     prompts = corpus_prompts(args.corpus_dir, args.split)
-    rows, shuffled = [], []
+    rows = []
     for p_ in prompts:
         start = max(0.0, ((p_.duration_s or args.seconds) - args.seconds) / 2)
         x = read_crop(p_.audio, start, args.seconds)

@@ -6,7 +6,7 @@ run draws exactly the keys an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

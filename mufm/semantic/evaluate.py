@@ -338,7 +338,7 @@ def evaluate_tokens(tok: SemanticTokenizer, corpus_dir: str, out_dir: str, *, co
 
 def markdown(r: dict) -> str:
     lines = [
-        f"# Semantic tokens: held-out evaluation",
+        "# Semantic tokens: held-out evaluation",
         "",
         f"Run `{r['model_dir']}` step {r['step']}, layer {r['layer']}, K = {r['K']}. "
         f"{r['clips']} clips of the `{r['split']}` split (centre crops <= "
@@ -366,5 +366,5 @@ def markdown(r: dict) -> str:
     lines += ["", f"Chunked encoding ({c['window_frames']}-frame windows, {c['context_frames']} "
               f"frames of context each side) equals one pass over the whole crop at "
               f"{100 * c['agreement']:.2f}% of {c['frames']} frames.",
-              f"", f"Wall time {r['wall_seconds']:.0f} s.", ""]
+              "", f"Wall time {r['wall_seconds']:.0f} s.", ""]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mufm.layers.kmeans import (KMeansState, assign, init_minibatch, minibatch_step, moments,
+from mufm.layers.kmeans import (assign, init_minibatch, minibatch_step, moments,
                                 normaliser)
 
 U = 2.0 ** -24  # fp32 unit roundoff

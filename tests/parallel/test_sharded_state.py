@@ -1,6 +1,5 @@
 """Train state on an 8-device data x fsdp x tensor mesh: placement follows the rules."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 

@@ -6,7 +6,6 @@ import os
 import jax
 import numpy as np
 import pytest
-import soundfile as sf
 
 from mufm.lm.layouts import MISSING, coarse_stage, fine_stage, semantic_stage
 from mufm.sample.cascade import CascadeError, Window, check_layouts, plan_windows

@@ -2,9 +2,7 @@
 mode changes the conditioning exactly at its boundaries, a continuation keeps its prompt's
 tokens verbatim in every stage, streaming yields the same audio as `generate` while the
 rest is still being sampled, and a 10-minute request holds no more than a short one."""
-import os
 
-import jax
 import numpy as np
 import pytest
 import soundfile as sf
