@@ -14,8 +14,10 @@ latency is from sending the request to having decoded the WAV bytes. Before each
 count is timed, each client sends one untimed request: the first batch of a new size costs
 a TF XLA compile unless the export's warm-up covered that size.
 
-Figures: in-process latency (batch 1, sequential calls) and rps; per client count the
-served rps, p50, p99 and the mean rows per batch the server ran (from /healthz). Last line
+Figures: in-process latency (batch 1, sequential calls) and rps, and with --random_runs
+the JAX cascade's own latency on the same runs (what the export costs or saves); per
+client count the served rps, p50, p99 and the mean rows per batch the server ran (from
+/healthz). Last line
 `serve_rps=<rps at the most clients> p99_s=<p99 there> overhead=<served p50 at 1 client /
 in-process p50 - 1>`: the front end's cost (HTTP, JSON, base64, the batching queue's
 timeout) as a share of the generation itself.
@@ -36,8 +38,9 @@ TEXTS = ["a calm piano piece", "fast drums and bass", "a slow string quartet",
          "an upbeat pop song with guitar"]
 
 
-def _export_random(recipe_name: str, seconds: float, root: str) -> str:
-    """Random-weight runs of `recipe_name`, exported with one bucket of `seconds`."""
+def _export_random(recipe_name: str, seconds: float, root: str):
+    """(model dir, cascade): random-weight runs of `recipe_name`, loaded, and exported with
+    one bucket of `seconds`."""
     from mufm.export.programs import Programs
     from mufm.export.saved_model import ExportConfig, export
     from mufm.sample.cascade import Cascade
@@ -53,7 +56,18 @@ def _export_random(recipe_name: str, seconds: float, root: str) -> str:
                        platforms=("cpu",), verify=False)
     path = export(Programs(cascade), os.path.join(root, "export"), cfg, runs=runs,
                   log=lambda m: print(m, flush=True))
-    return os.path.dirname(os.path.dirname(path))
+    return os.path.dirname(os.path.dirname(path)), cascade
+
+
+def in_jax(cascade, seconds: float, requests: int) -> list[float]:
+    """Latencies of the JAX cascade itself (`Cascade.generate`, batch 1), compiled first."""
+    cascade.generate([TEXTS[0]], seconds, seed=0, progress=False)
+    lat = []
+    for i in range(requests):
+        t0 = time.perf_counter()
+        cascade.generate([TEXTS[(i + 1) % len(TEXTS)]], seconds, seed=i + 1, progress=False)
+        lat.append(time.perf_counter() - t0)
+    return lat
 
 
 def _percentiles(lat: list[float]) -> tuple[float, float]:
@@ -147,7 +161,9 @@ def main(argv=None) -> int:
     clients = [int(c) for c in args.clients.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="mufm_bench_serve_") as tmp:
-        model_dir = args.model_dir or _export_random(args.random_runs, args.seconds, tmp)
+        model_dir, cascade = args.model_dir, None
+        if args.random_runs:
+            model_dir, cascade = _export_random(args.random_runs, args.seconds, tmp)
         from mufm.serve import models as M
 
         name = M.find_versions(model_dir)[0].name
@@ -155,6 +171,11 @@ def main(argv=None) -> int:
         p50_in, p99_in = _percentiles(lat)
         print(f"in-process  batch 1: {len(lat)} requests  rps {1 / np.mean(lat):.3f}  "
               f"p50 {p50_in:.3f} s  p99 {p99_in:.3f} s", flush=True)
+        if cascade is not None:
+            lat = in_jax(cascade, args.seconds, max(args.min_requests, 2))
+            print(f"JAX cascade batch 1: {len(lat)} requests  p50 {_percentiles(lat)[0]:.3f} s "
+                  f"(the SavedModel in TF / JAX: {p50_in / _percentiles(lat)[0]:.2f})", flush=True)
+            del cascade
         proc, url = start_server(model_dir, args.serve_flags.split())
         rows = []
         try:
