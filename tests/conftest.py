@@ -6,6 +6,14 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent XLA compilation cache for the whole session, workers and the training
+# subprocesses they start (they inherit the environment): the same tiny experiments are
+# trained by many tests, and compiling their programs (the codec's GAN step above all) is
+# most of the suite's time. Only programs that take over a second to compile are kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mufm_tests_xla_cache_")
 
 
 def pytest_configure(config):

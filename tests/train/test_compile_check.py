@@ -55,20 +55,20 @@ def test_lm_train_and_eval_programs_compile():
     assert "program 'train' on v5e:2x2" in out and "program 'eval' on v5e:2x2" in out
 
 
-@pytest.mark.slow  # three TPU compiles of the tiny codec: ~1-3 min
-def test_codec_warmup_gan_and_eval_programs_compile():
-    """The codec task's two train steps and an eval program, through the same generic check
-    (its tiny synthetic experiment, data parallel on a 4-chip v5e slice)."""
+@pytest.mark.slow  # a TPU compile of the tiny codec's GAN step: ~1-2 min
+def test_codec_gan_program_compiles():
+    """The codec task's GAN train step (generator, discriminators, both optimizers) through
+    the same generic check (its tiny synthetic experiment, data parallel on a 4-chip v5e
+    slice). Its warm-up step and eval programs are smaller parts of the same model; CI
+    compiles only the largest (each TPU compile of the codec costs minutes on 2 cores)."""
     rc, out, r = run_check("--gin_file=experiments/codec_synthetic_tiny.gin", "--topology=v5e:2x2",
-                           "--programs=warmup,train,reconstruct_4", timeout=1200)
+                           "--programs=train", timeout=1200)
     assert rc == 0, out
-    for name in ("warmup", "train", "reconstruct_4"):
-        assert f"program {name!r} on v5e:2x2 (4 devices)" in out, out
-    assert "reconstruct_1" not in out  # --programs keeps to the names given
-    # The GAN step runs the discriminators too: more XLA FLOPs than the warm-up step.
+    assert "program 'train' on v5e:2x2 (4 devices)" in out, out
+    assert "program 'warmup'" not in out and "program 'reconstruct_1'" not in out  # --programs
     flops = {m.group(1): float(m.group(2)) for m in re.finditer(
         r"program '(\w+)'.*?XLA FLOPs per step  ([\d.e+]+) per chip", out, re.S)}
-    assert flops["train"] > flops["warmup"] > 0, flops
+    assert flops["train"] > 0, flops
 
 
 def test_unknown_program_is_named():
