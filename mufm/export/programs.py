@@ -12,7 +12,9 @@ so the tokens are the cascade's own (tested exactly against `Cascade.tokens`).
 One difference, chosen for serving: every row has its own seed and draws as row 0 of a
 request of its own (`sample.decode.choose` with a batch of keys), so what a request gets
 never depends on the requests it was batched with. `Cascade.generate([text], seconds,
-seed=s)` is the reference of a row with seed `s`.
+seed=s)` is the reference of a row with seed `s`. Each row also has its own temperature per
+stage (the cascade's configs by default; `Cascade.generate(..., configs=...)` with the
+same temperatures is the reference of an override).
 
 Weights are an argument (`Programs.weights`, a pytree of arrays), never constants: the
 export keeps them as variables next to the program, as T5X's exportable module does.
@@ -115,9 +117,9 @@ class Programs:
     # -- the cascade -------------------------------------------------------------------------
 
     def _window(self, weights, name: str, segments: list, prefix: jax.Array, frames: int,
-                keys: jax.Array, i: int) -> jax.Array:
+                keys: jax.Array, temperature: jax.Array, i: int) -> jax.Array:
         """One window of stage `name`: codes [b, frames, levels] (prefix included), as
-        `generate_stage` samples them."""
+        `generate_stage` samples them, each row at its own temperature [b]."""
         layout, config = self.layouts[name], self.cascade.configs[name]
         model = nnx.merge(self._graphdefs[name], weights[name])
         prompts = stage_prompt(layout, segments, prefix, config)
@@ -128,14 +130,20 @@ class Programs:
         p = prompts.shape[1]
         logits, cache = prefill(model, prompts, p + num_tokens)
         ids = decode_steps(model, cache, logits, jnp.int32(p), num_tokens, lo, hi, window_keys,
-                           config)
+                           config, temperature)
         return jnp.concatenate([prefix, new_codes(layout, ids)], axis=1)
 
-    def acoustic_codes(self, weights, mulan: jax.Array, seeds: jax.Array, frames: int
-                       ) -> tuple[jax.Array, jax.Array]:
-        """MuLan tokens [b, levels] and seeds [b] -> (semantic ids [b, frames], acoustic
-        codes [b, 2 frames, codec levels]) of a clip of `frames` semantic frames."""
+    def default_temperatures(self) -> tuple[float, ...]:
+        """The cascade's temperature of each stage, in `STAGES` order."""
+        return tuple(float(self.cascade.configs[name].temperature) for name in STAGES)
+
+    def acoustic_codes(self, weights, mulan: jax.Array, seeds: jax.Array,
+                       temperatures: jax.Array, frames: int) -> tuple[jax.Array, jax.Array]:
+        """MuLan tokens [b, levels], seeds [b] and temperatures [b, stages] (`STAGES`
+        order; 0: greedy) -> (semantic ids [b, frames], acoustic codes [b, 2 frames, codec
+        levels]) of a clip of `frames` semantic frames."""
         plans = self.cascade.plans(frames)
+        temps = {name: temperatures[:, j].astype(jnp.float32) for j, name in enumerate(STAGES)}
         base = jax.vmap(jax.random.key)(seeds.astype(jnp.uint32))
         keys = {name: jax.vmap(lambda k, j=j: jax.random.fold_in(k, j + 1))(base)
                 for j, name in enumerate(STAGES)}
@@ -144,28 +152,30 @@ class Programs:
         semantic = jnp.full((b, frames, 1), MISSING, jnp.int32)
         for i, w in enumerate(plans["semantic"]):
             codes = self._window(weights, "semantic", [cond], semantic[:, w.start:w.first_new],
-                                 w.frames, keys["semantic"], i)
+                                 w.frames, keys["semantic"], temps["semantic"], i)
             semantic = semantic.at[:, w.start:w.end].set(codes)
         n_coarse = self.layouts["coarse"].target.num_levels
         coarse = jnp.full((b, 2 * frames, n_coarse), MISSING, jnp.int32)
         for i, w in enumerate(plans["coarse"]):  # in semantic frames
             codes = self._window(weights, "coarse", [cond, semantic[:, w.start:w.end]],
                                  coarse[:, 2 * w.start:2 * w.first_new], 2 * w.frames,
-                                 keys["coarse"], i)
+                                 keys["coarse"], temps["coarse"], i)
             coarse = coarse.at[:, 2 * w.start:2 * w.end].set(codes)
         fine = jnp.full((b, 2 * frames, self.layouts["fine"].target.num_levels), MISSING,
                         jnp.int32)
         for i, w in enumerate(plans["fine"]):
             codes = self._window(weights, "fine", [coarse[:, w.start:w.end]],
-                                 fine[:, w.start:w.first_new], w.frames, keys["fine"], i)
+                                 fine[:, w.start:w.first_new], w.frames, keys["fine"],
+                                 temps["fine"], i)
             fine = fine.at[:, w.start:w.end].set(codes)
         return semantic[..., 0], jnp.concatenate([coarse, fine], axis=-1)
 
     def generate(self, weights, ids: jax.Array, mask: jax.Array, seeds: jax.Array,
-                 frames: int) -> tuple[jax.Array, jax.Array]:
-        """Captions as word pieces [b, L] and seeds [b] -> (waveform [b, frames x 960] at
-        24 kHz, acoustic codes [b, 2 frames, levels]): the whole cascade of one clip length."""
+                 temperatures: jax.Array, frames: int) -> tuple[jax.Array, jax.Array]:
+        """Captions as word pieces [b, L], seeds [b] and temperatures [b, stages] ->
+        (waveform [b, frames x 960] at 24 kHz, acoustic codes [b, 2 frames, levels]): the
+        whole cascade of one clip length."""
         mulan = self.text_tokens(weights, ids, mask)
-        _, codes = self.acoustic_codes(weights, mulan, seeds, frames)
+        _, codes = self.acoustic_codes(weights, mulan, seeds, temperatures, frames)
         return self.decode_codes(weights, codes, "auto"), codes
 

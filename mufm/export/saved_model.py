@@ -28,6 +28,13 @@ Signatures (`saved_model_cli show --all` lists them):
   REST API returns an output whose name ends in `_bytes` as {"b64": ...}), lengths.
 - `generate_codes`: the same -> codes int32 [b, 2 x frames, levels] (the acoustic tokens the
   codec decodes; what the exactness test compares), frames int64 [b].
+- `generate_sampled`: text, seconds, seed and the temperature overrides
+  `semantic_temperature`, `coarse_temperature`, `fine_temperature` (float32 [b] or scalar,
+  up to 100; 0: greedy; negative: the stage's own temperature) -> what `generate` and
+  `generate_codes` return together.
+  `generate_sampled_wav`: the same inputs -> wav_bytes, lengths. A signature's inputs are
+  all required in TF Serving, so the overrides are signatures of their own; the other
+  generate signatures feed the cascade's own temperatures to the same compiled program.
 - `embed_text`: text [b] -> embedding float32 [b, D] (MuLan's joint space, unit norm).
 - `embed_audio`: waveform float32 [b, n <= MuLan's window] -> embedding [b, D] (one window;
   a longer clip's embedding is the renormalised mean over 10 s windows every 1 s).
@@ -50,6 +57,8 @@ import jax
 import numpy as np
 
 from mufm.lm.layouts import SEMANTIC_HZ
+from mufm.sample.cascade import STAGES
+from mufm.sample.requests import MAX_TEMPERATURE
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 META_FILE = "mufm_export.json"
@@ -67,7 +76,10 @@ class ExportConfig:
     version: int = 0  # 0: one more than the newest version already in DIR/NAME
     max_seconds: float = 30.0  # the longest clip serving_default generates
     bucket_seconds: float = 10.0  # clip lengths traced: this, twice this, ... max_seconds
-    platforms: tuple = ("cpu", "tpu")  # lowered for; add "cuda" where the toolchain allows
+    # Lowered for each (one StableHLO module with a branch per platform where lowerings
+    # differ; TF runs the one of the device it is on). CUDA lowers without a GPU here, but
+    # has not run on one: see the README.
+    platforms: tuple = ("cpu", "tpu", "cuda")
     warmup: bool = True  # write warm-up requests into assets.extra
     # A warm-up request per bucket and batch size: XLA compiles a program for every batch
     # size it meets, so these sizes cost a client nothing (serve's --allowed_batch_sizes).
@@ -153,8 +165,11 @@ def build_module(programs, cfg: ExportConfig):
     bucket_frames = [frames_for(s) for s in buckets]
     text_poly = ["(b, _)", "(b, _)"]
     embed_text = conv.convert(programs.embed_text, text_poly)
-    generators = [conv.convert(lambda w, i, m, s, f=f: programs.generate(w, i, m, s, f),
-                               text_poly + ["(b,)"]) for f in bucket_frames]
+    # One program per bucket serves every generate signature: the defaults go in as the
+    # temperatures of the signatures without overrides.
+    generators = [conv.convert(lambda w, i, m, s, t, f=f: programs.generate(w, i, m, s, t, f),
+                               text_poly + ["(b,)", "(b, _)"]) for f in bucket_frames]
+    default_temperatures = programs.default_temperatures()
     decode = conv.convert(programs.decode_codes, ["(b, t, _)"])
     encode = conv.convert(programs.encode_audio, ["(b, n)"])
     mulan_window = c.mulan.audio_cfg.window_samples
@@ -165,8 +180,9 @@ def build_module(programs, cfg: ExportConfig):
                 if tok is not None else None)
     max_seconds = float(cfg.max_seconds)
 
-    def requests(text, seconds, seed):
-        """Checked inputs: ids, mask [b, L], seconds float64 [b], seeds int32 [b]."""
+    def requests(text, seconds, seed, temperatures):
+        """Checked inputs: ids, mask [b, L], seconds float64 [b], seeds int32 [b],
+        temperatures float32 [b, stages] (each stage's: a scalar or [b])."""
         text = tf.reshape(text, [-1])
         b = tf.shape(text)[0]
         checks = [tf.debugging.assert_positive(b, message="no text given")]
@@ -182,13 +198,22 @@ def build_module(programs, cfg: ExportConfig):
             tf.debugging.assert_less(seed, tf.constant(SEED_LIMIT, tf.int64),
                                      message="seed must be < 2**31"),
         ]
+        rows = []
+        for name, t, default in zip(STAGES, temperatures, default_temperatures):
+            t = tf.broadcast_to(tf.cast(t, tf.float32), [b])
+            checks += [
+                tf.debugging.assert_all_finite(t, f"{name}_temperature must be finite"),
+                tf.debugging.assert_less_equal(t, tf.constant(MAX_TEMPERATURE), message=(
+                    f"{name}_temperature must be <= {MAX_TEMPERATURE:g}"))]
+            rows.append(tf.where(t < 0, tf.constant(default, tf.float32), t))
         with tf.control_dependencies(checks):
             ids, mask = tokenizer.tokenize(text)
-        return ids, mask, seconds, tf.cast(seed, tf.int32)
+            temps = tf.stack(rows, axis=1)
+        return ids, mask, seconds, tf.cast(seed, tf.int32), temps
 
-    def run(text, seconds, seed):
+    def run(text, seconds, seed, temperatures=default_temperatures):
         """(waveform [b, n], codes [b, 2 x bucket frames, levels], lengths, frames)."""
-        ids, mask, seconds, seeds = requests(text, seconds, seed)
+        ids, mask, seconds, seeds, temps = requests(text, seconds, seed, temperatures)
         # `frames_for` in the graph (float64 input: the same rounding as Python's).
         frames = tf.cast(tf.math.ceil(seconds * SEMANTIC_HZ - 1e-9), tf.int64)
         lengths = tf.cast(tf.round(seconds * sr), tf.int64)
@@ -196,10 +221,18 @@ def build_module(programs, cfg: ExportConfig):
         index = tf.reduce_sum(tf.cast(longest > tf.constant(bucket_frames[:-1], tf.int64),
                                       tf.int32)) if len(buckets) > 1 else tf.constant(0)
         wave, codes = tf.switch_case(
-            index, [lambda g=g: g(ids, mask, seeds) for g in generators])
+            index, [lambda g=g: g(ids, mask, seeds, temps) for g in generators])
         n = tf.reduce_max(lengths)
         wave = wave[:, :n] * tf.sequence_mask(lengths, n, dtype=tf.float32)
         return wave, codes, lengths, frames
+
+    def wav_rows(wave, lengths):
+        """16-bit PCM WAV bytes [b] of each row's first `lengths` samples."""
+        def one(args):
+            row, n = args
+            return tf.audio.encode_wav(tf.clip_by_value(row[:n], -1.0, 1.0)[:, None], sr)
+
+        return tf.map_fn(one, (wave, lengths), fn_output_signature=tf.string)
 
     gen_spec = dict(text=tf.TensorSpec([None], tf.string, name="text"),
                     seconds=tf.TensorSpec(None, tf.float64, name="seconds"),
@@ -214,18 +247,32 @@ def build_module(programs, cfg: ExportConfig):
     @tf.function(input_signature=list(gen_spec.values()), autograph=False)
     def generate_wav(text, seconds, seed):
         wave, _, lengths, _ = run(text, seconds, seed)
-
-        def one(args):
-            row, n = args
-            return tf.audio.encode_wav(tf.clip_by_value(row[:n], -1.0, 1.0)[:, None], sr)
-
-        wav = tf.map_fn(one, (wave, lengths), fn_output_signature=tf.string)
-        return {"wav_bytes": wav, "lengths": lengths}
+        return {"wav_bytes": wav_rows(wave, lengths), "lengths": lengths}
 
     @tf.function(input_signature=list(gen_spec.values()), autograph=False)
     def generate_codes(text, seconds, seed):
         _, codes, _, frames = run(text, seconds, seed)
         return {"codes": codes[:, :2 * tf.reduce_max(frames)], "frames": frames}
+
+    temp_spec = {f"{name}_temperature": tf.TensorSpec(None, tf.float32,
+                                                      name=f"{name}_temperature")
+                 for name in STAGES}
+
+    @tf.function(input_signature=[*gen_spec.values(), *temp_spec.values()], autograph=False)
+    def generate_sampled(text, seconds, seed, semantic_temperature, coarse_temperature,
+                         fine_temperature):
+        temperatures = (semantic_temperature, coarse_temperature, fine_temperature)
+        wave, codes, lengths, frames = run(text, seconds, seed, temperatures)
+        return {"waveform": wave, "lengths": lengths,
+                "sample_rate": tf.fill(tf.shape(lengths), tf.constant(sr, tf.int64)),
+                "codes": codes[:, :2 * tf.reduce_max(frames)], "frames": frames}
+
+    @tf.function(input_signature=[*gen_spec.values(), *temp_spec.values()], autograph=False)
+    def generate_sampled_wav(text, seconds, seed, semantic_temperature, coarse_temperature,
+                             fine_temperature):
+        temperatures = (semantic_temperature, coarse_temperature, fine_temperature)
+        wave, _, lengths, _ = run(text, seconds, seed, temperatures)
+        return {"wav_bytes": wav_rows(wave, lengths), "lengths": lengths}
 
     @tf.function(input_signature=[gen_spec["text"]], autograph=False)
     def embed_text_sig(text):
@@ -268,6 +315,8 @@ def build_module(programs, cfg: ExportConfig):
 
     signatures = {"serving_default": generate, "generate": generate,
                   "generate_wav": generate_wav, "generate_codes": generate_codes,
+                  "generate_sampled": generate_sampled,
+                  "generate_sampled_wav": generate_sampled_wav,
                   "embed_text": embed_text_sig, "embed_audio": embed_audio_sig,
                   "encode_audio": encode_audio_sig, "decode_codes": decode_codes_sig}
     if semantic is not None:

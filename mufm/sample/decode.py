@@ -100,10 +100,20 @@ def _kth_largest(logits: jax.Array, k: int) -> jax.Array:
     return jax.lax.top_k(logits, k)[0][:, -1:]
 
 
+def row_temperatures(rows: int, config: SamplingConfig) -> jax.Array:
+    """The config's temperature for each of `rows` rows (pairs), fp32 [rows]: what `choose`
+    divides by when no per-row temperatures are given."""
+    return jnp.full((rows,), config.temperature, jnp.float32)
+
+
 def choose(logits: jax.Array, position: jax.Array, lo: jax.Array, hi: jax.Array,
-           key: jax.Array, config: SamplingConfig) -> jax.Array:
+           key: jax.Array, config: SamplingConfig,
+           temperature: jax.Array | None = None) -> jax.Array:
     """The tokens [m] for `position` from the previous token's fp32 logits [b, vocab]
-    (b = 2m with guidance, conditional rows first)."""
+    (b = 2m with guidance, conditional rows first). `temperature` [m] replaces the
+    config's, row by row (0: that row greedy); the samplers pass it as a traced array
+    either way, so a temperature given at run time (the export's overrides) divides
+    exactly as the config's does and draws the same tokens."""
     logits = logits.astype(jnp.float32)
     m = _rows(logits.shape[0], config)
     allowed = range_mask(lo[position], hi[position], logits.shape[-1])
@@ -112,9 +122,16 @@ def choose(logits: jax.Array, position: jax.Array, lo: jax.Array, hi: jax.Array,
         logits = uncond + config.cfg_scale * (cond - uncond)
     # Masking after guidance: the ids outside the range stay impossible whatever the scale.
     logits = jnp.where(allowed, logits, -jnp.inf)
-    if config.is_greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / config.temperature
+    best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if config.greedy:
+        return best
+    if temperature is None:
+        if config.is_greedy:
+            return best
+        temperature = row_temperatures(m, config)
+    temperature = temperature.astype(jnp.float32)
+    greedy = temperature == 0
+    logits = logits / jnp.where(greedy, 1.0, temperature)[:, None]
     if config.top_k:
         kth = _kth_largest(logits, min(config.top_k, logits.shape[-1]))
         logits = jnp.where(logits >= kth, logits, -jnp.inf)
@@ -130,7 +147,8 @@ def choose(logits: jax.Array, position: jax.Array, lo: jax.Array, hi: jax.Array,
     else:
         step_key = jax.random.fold_in(key, position)
         row_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(m))
-    return jax.vmap(jax.random.categorical)(row_keys, logits).astype(jnp.int32)
+    drawn = jax.vmap(jax.random.categorical)(row_keys, logits).astype(jnp.int32)
+    return jnp.where(greedy, best, drawn)
 
 
 def _both_rows(tokens: jax.Array, config: SamplingConfig) -> jax.Array:
@@ -149,36 +167,42 @@ def prefill(model, prompts: jax.Array, max_len: int) -> tuple[jax.Array, dict]:
 
 
 def decode_steps(model, cache: dict, logits: jax.Array, start: jax.Array, num_tokens: int,
-                 lo: jax.Array, hi: jax.Array, key: jax.Array,
-                 config: SamplingConfig) -> jax.Array:
+                 lo: jax.Array, hi: jax.Array, key: jax.Array, config: SamplingConfig,
+                 temperature: jax.Array | None = None) -> jax.Array:
     """`num_tokens` tokens [m, num_tokens] at positions start.. from a cache holding the
-    positions before `start` and the logits of the token at start - 1."""
+    positions before `start` and the logits of the token at start - 1 (`temperature`:
+    `choose`'s per-row override)."""
     def step(carry, i):
         logits, cache = carry
         position = start + i
-        tokens = choose(logits, position, lo, hi, key, config)
+        tokens = choose(logits, position, lo, hi, key, config, temperature)
         new_logits, cache = model.decode(_both_rows(tokens, config), cache, position)
         return (new_logits[:, -1], cache), tokens
 
     # The last token is drawn outside the loop: feeding it would need one more slot and
     # a forward pass whose logits nobody reads.
     (logits, _), tokens = jax.lax.scan(step, (logits, cache), jnp.arange(num_tokens - 1))
-    last = choose(logits, start + num_tokens - 1, lo, hi, key, config)
+    last = choose(logits, start + num_tokens - 1, lo, hi, key, config, temperature)
     return jnp.concatenate([tokens.T, last[:, None]], axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_tokens", "config"))
 def sample_parts(graphdef, state, prompts: jax.Array, lo: jax.Array, hi: jax.Array,
-                 key: jax.Array, *, num_tokens: int, config: SamplingConfig) -> jax.Array:
+                 key: jax.Array, temperature: jax.Array | None = None, *, num_tokens: int,
+                 config: SamplingConfig) -> jax.Array:
     """The jitted sampler on a split model (`nnx.split(model)`): prompts [b, p] int32,
-    allowed ids lo/hi [>= p + num_tokens] per position of the whole sequence -> the new
-    ids [m, num_tokens] (m = b, or b / 2 pairs with guidance)."""
+    allowed ids lo/hi [>= p + num_tokens] per position of the whole sequence, per-row
+    temperatures [m] (`row_temperatures(m, config)` when None) -> the new ids
+    [m, num_tokens] (m = b, or b / 2 pairs with guidance)."""
     model = nnx.merge(graphdef, state)
     p = prompts.shape[1]
     if num_tokens == 0:
         return jnp.zeros((_rows(prompts.shape[0], config), 0), jnp.int32)
+    if temperature is None:
+        temperature = row_temperatures(_rows(prompts.shape[0], config), config)
     logits, cache = prefill(model, prompts, p + num_tokens)
-    return decode_steps(model, cache, logits, jnp.int32(p), num_tokens, lo, hi, key, config)
+    return decode_steps(model, cache, logits, jnp.int32(p), num_tokens, lo, hi, key, config,
+                        temperature)
 
 
 def _check(prompts, num_tokens: int, lo, hi):
@@ -201,9 +225,13 @@ def sample(model, prompts, num_tokens: int, lo, hi, config: SamplingConfig,
     either way (its noise depends on its index, not on the batch)."""
     prompts, lo, hi = _check(prompts, num_tokens, lo, hi)
     graphdef, state = nnx.split(model)
+    # The temperature goes in as an argument, not a constant XLA could fold into a
+    # multiplication by its reciprocal: the exported cascade takes it at run time and
+    # must divide exactly as this does.
     if mesh is None:
-        return sample_parts(graphdef, state, prompts, lo, hi, key, num_tokens=num_tokens,
-                            config=config)
+        return sample_parts(graphdef, state, prompts, lo, hi, key,
+                            row_temperatures(_rows(prompts.shape[0], config), config),
+                            num_tokens=num_tokens, config=config)
     if data_axis not in mesh.axis_names:
         raise ValueError(f"mesh axes {mesh.axis_names} have no {data_axis!r} axis to split "
                          f"the batch over")
@@ -216,9 +244,11 @@ def sample(model, prompts, num_tokens: int, lo, hi, config: SamplingConfig,
                                    for h in halves])
     replicated = NamedSharding(mesh, PartitionSpec())
     prompts = jax.device_put(prompts, NamedSharding(mesh, PartitionSpec(data_axis)))
-    state, lo, hi, key = jax.device_put((state, lo, hi, key), replicated)
-    ids = sample_parts(graphdef, state, prompts, lo, hi, key, num_tokens=num_tokens,
-                       config=config)
+    temperature = row_temperatures(rows + pad, config)
+    state, lo, hi, key, temperature = jax.device_put((state, lo, hi, key, temperature),
+                                                     replicated)
+    ids = sample_parts(graphdef, state, prompts, lo, hi, key, temperature,
+                       num_tokens=num_tokens, config=config)
     return ids[:rows]
 
 
@@ -241,11 +271,12 @@ def sample_uncached(model, prompts, num_tokens: int, lo, hi, config: SamplingCon
     graphdef, state = nnx.split(model)
     b, p = prompts.shape
     seq = jnp.zeros((b, p + num_tokens), jnp.int32).at[:, :p].set(prompts)
+    temperature = row_temperatures(_rows(b, config), config)
     out = []
     for i in range(num_tokens):
         position = p + i
         logits = _full_logits(graphdef, state, seq, jnp.int32(position - 1))
-        tokens = _choose(logits, jnp.int32(position), lo, hi, key, config)
+        tokens = _choose(logits, jnp.int32(position), lo, hi, key, config, temperature)
         seq = seq.at[:, position].set(_both_rows(tokens, config)[:, 0])
         out.append(tokens)
     if not out:

@@ -15,6 +15,10 @@ from mufm.sample.windows import CascadeError, Window
 MAX_SECONDS = 1200.0
 MIN_PROMPT_SECONDS = 1.0
 SAMPLES_PER_SEMANTIC_FRAME = 24_000 // SEMANTIC_HZ
+# The highest sampling temperature a request may set: far past any useful one (sampling is
+# near uniform over the allowed ids by 10); the bound keeps a typo such as 1e9 from being
+# taken for a setting.
+MAX_TEMPERATURE = 100.0
 
 
 def frames_for(seconds: float) -> int:

@@ -24,14 +24,16 @@ class ServingError(RuntimeError):
 
 class Client:
     def __init__(self, url: str, model: str, version: int | None = None, timeout: float = 600):
-        self.base = f"{url.rstrip('/')}/v1/models/{model}"
+        self.url = url.rstrip("/")
+        self.base = f"{self.url}/v1/models/{model}"
         if version is not None:
             self.base += f"/versions/{version}"
         self.timeout = timeout
 
-    def _call(self, path: str, body: dict | None = None) -> dict:
+    def _call(self, path: str, body: dict | None = None, *, root: bool = False) -> dict:
+        """GET (POST with `body`) the model's `path` (the server's with `root`)."""
         data = None if body is None else json.dumps(body).encode("utf-8")
-        req = urllib.request.Request(self.base + path, data=data,
+        req = urllib.request.Request((self.url if root else self.base) + path, data=data,
                                      method="GET" if body is None else "POST",
                                      headers={"Content-Type": "application/json"})
         try:
@@ -48,6 +50,10 @@ class Client:
     def status(self) -> dict:
         return self._call("")
 
+    def health(self) -> dict:
+        """`/healthz` (mufm.serve's own, not TF Serving's): state and request counters."""
+        return self._call("/healthz", root=True)
+
     def metadata(self) -> dict:
         return self._call("/metadata")
 
@@ -58,8 +64,20 @@ class Client:
             body["signature_name"] = signature
         return self._call(":predict", body)
 
-    def generate_wav(self, texts, seconds: float, seed: int = 0) -> list[bytes]:
-        """One WAV file's bytes per caption (signature generate_wav)."""
+    def generate_wav(self, texts, seconds: float, seed: int = 0,
+                     temperatures: dict | None = None) -> list[bytes]:
+        """One WAV file's bytes per caption (signature generate_wav; with `temperatures`,
+        {stage: temperature} for some of semantic, coarse, fine, generate_sampled_wav)."""
         rows = [{"text": t, "seconds": seconds, "seed": seed} for t in texts]
-        out = self.predict(instances=rows, signature="generate_wav")["predictions"]
+        signature = "generate_wav"
+        if temperatures:
+            stages = ("semantic", "coarse", "fine")
+            unknown = set(temperatures) - set(stages)
+            if unknown:
+                raise ValueError(f"temperatures for unknown stages {sorted(unknown)}; use {stages}")
+            # -1: the stage's own temperature (the signature takes all three).
+            given = {f"{s}_temperature": float(temperatures.get(s, -1.0)) for s in stages}
+            rows = [dict(r, **given) for r in rows]
+            signature = "generate_sampled_wav"
+        out = self.predict(instances=rows, signature=signature)["predictions"]
         return [base64.b64decode(p["wav_bytes"]["b64"]) for p in out]

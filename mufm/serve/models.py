@@ -17,7 +17,8 @@ from mufm.serve.rest import BadRequest
 # The signatures that generate, and how each output of theirs is cut to one request's
 # rows when a batch held several requests: output -> the output giving each row's length
 # (in the output's second axis), times a factor.
-GENERATE = ("serving_default", "generate", "generate_wav", "generate_codes")
+GENERATE = ("serving_default", "generate", "generate_wav", "generate_codes", "generate_sampled",
+            "generate_sampled_wav")
 TRIM = {"waveform": ("lengths", 1), "codes": ("frames", 2)}
 
 

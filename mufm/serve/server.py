@@ -131,7 +131,7 @@ class ModelServer:
     def _check_generate(self, v: M.Version, arrays: dict) -> None:
         """The cascade's own request checks (mufm/sample/requests.py), with the export's
         max_seconds and --max_seconds, on each row."""
-        from mufm.sample.requests import _check_seconds, check_inputs
+        from mufm.sample.requests import MAX_TEMPERATURE, _check_seconds, check_inputs
         from mufm.sample.windows import CascadeError
 
         limits = [x for x in (M.generate_limits(v)[0], self.cfg.max_seconds) if x > 0]
@@ -149,6 +149,12 @@ class ModelServer:
             raise BadRequest(str(e)) from None
         if np.any(seed < 0) or np.any(seed >= 2 ** 31):
             raise BadRequest("seed must be in [0, 2**31)")
+        # The graph checks the same, but a bad row failing there would fail its whole batch.
+        for key in sorted(k for k in arrays if k.endswith("_temperature")):
+            t = np.asarray(arrays[key], np.float64)
+            if not np.all(np.isfinite(t)) or np.any(t > MAX_TEMPERATURE):
+                raise BadRequest(f"{key} must be finite and <= {MAX_TEMPERATURE:g} (0: greedy, "
+                                 f"negative: the stage's own)")
 
     def prepare(self, name: str, version: str | None, body: bytes) -> tuple[tuple, dict, str, int]:
         """(batch key, arrays, format, rows) of a predict request, every check done."""

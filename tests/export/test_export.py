@@ -53,8 +53,9 @@ def test_export_layout_and_signatures(exported):
     shown = subprocess.run([sys.executable, "-m", "mufm.export.saved_model_cli", "show", "--all",
                             "--dir", path], capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    for sig in ("serving_default", "generate_wav", "generate_codes", "embed_text", "embed_audio",
-                "encode_audio", "decode_codes", "semantic_tokens"):
+    for sig in ("serving_default", "generate_wav", "generate_codes", "generate_sampled",
+                "generate_sampled_wav", "embed_text", "embed_audio", "encode_audio",
+                "decode_codes", "semantic_tokens"):
         assert f"signature_def['{sig}']" in shown.stdout
 
 
@@ -81,6 +82,45 @@ def test_tokens_exact_and_audio_close_batch_1_and_3(cascade, loaded):
     assert not mixed["waveform"][1, 18000:].any()
     alone = _call(loaded, "serving_default", TEXTS[1:2], [1.0], [1])
     np.testing.assert_array_equal(mixed["waveform"][1, :18000], alone["waveform"][0, :18000])
+
+
+def test_temperature_overrides_exact_per_row(cascade, loaded):
+    """generate_sampled: each row at its own temperatures equals the JAX cascade with those
+    temperatures in its SamplingConfigs; a negative one keeps the stage's own; the default
+    signatures are the overrides' program fed the defaults."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from mufm.sample.cascade import STAGES
+
+    # Powers of two and 0 (greedy), per row: [semantic, coarse, fine].
+    temps = [[0.5, -1.0, 0.0], [-1.0, 2.0, -1.0]]
+    texts, seeds = TEXTS[:2], [5, 1]
+    out = loaded.signatures["generate_sampled"](
+        text=tf.constant(texts), seconds=tf.constant(1.0, tf.float64),
+        seed=tf.constant(seeds, tf.int64),
+        **{f"{name}_temperature": tf.constant([row[j] for row in temps], tf.float32)
+           for j, name in enumerate(STAGES)})
+    codes = out["codes"].numpy()
+    assert codes.shape == (2, 50, 4) and out["waveform"].shape == (2, 24000)
+    default = _call(loaded, "generate_codes", texts, [1.0, 1.0], seeds)["codes"]
+    for r, (t, s) in enumerate(zip(texts, seeds)):
+        configs = {name: dataclasses.replace(cascade.configs[name], temperature=temps[r][j])
+                   for j, name in enumerate(STAGES) if temps[r][j] >= 0}
+        ref = cascade.generate_tokens([t], 1.0, seed=s, configs=configs, progress=False)
+        np.testing.assert_array_equal(codes[r], ref["acoustic"][0])
+        assert (codes[r] != default[r]).any()  # the override changed the row
+    unchanged = loaded.signatures["generate_sampled"](
+        text=tf.constant(texts), seconds=tf.constant(1.0, tf.float64),
+        seed=tf.constant(seeds, tf.int64),
+        **{f"{name}_temperature": tf.constant(-1.0) for name in STAGES})
+    np.testing.assert_array_equal(unchanged["codes"].numpy(), default)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="fine_temperature must be <="):
+        loaded.signatures["generate_sampled"](
+            text=tf.constant(texts[:1]), seconds=tf.constant(1.0, tf.float64),
+            seed=tf.constant(0, tf.int64), semantic_temperature=tf.constant(1.0),
+            coarse_temperature=tf.constant(1.0), fine_temperature=tf.constant(1e9))
 
 
 def test_graph_checks(loaded):
@@ -137,6 +177,13 @@ def test_rest_api_conventions(server):
     wav = c.generate_wav(TEXTS[:2], seconds=1.0, seed=3)
     audio, sr = sf.read(io.BytesIO(wav[0]))
     assert sr == 24000 and audio.shape == (24000,)
+    greedy_fine, _ = sf.read(io.BytesIO(c.generate_wav(TEXTS[:1], 1.0, seed=3,
+                                                       temperatures={"fine": 0.0})[0]))
+    assert greedy_fine.shape == (24000,) and not np.array_equal(greedy_fine, audio)
+    with pytest.raises(ValueError, match="unknown stages"):
+        c.generate_wav(TEXTS[:1], 1.0, temperatures={"finest": 0.5})
+    health = c.health()
+    assert health["status"] == "ok" and health["models"] == {"tiny/1": "AVAILABLE"}
     cols = c.predict({"text": TEXTS[:2], "seconds": 1.0, "seed": 3}, signature="generate_codes")
     assert np.asarray(cols["outputs"]["codes"]).shape == (2, 50, 4)  # 1 s: 50 frames
     with pytest.raises(ServingError) as e:
@@ -168,6 +215,9 @@ def _post(url, body: bytes, headers=None):
     (b'{"instances": [{"text": "x", "seconds": 1e9, "seed": 0}]}', 400),
     (b'{"signature_name": "nope", "instances": [1]}', 400),
     (b'{"instances": [], "inputs": {}}', 400),
+    (b'{"signature_name": "generate_sampled_wav", "instances": [{"text": "x", "seconds": 1, '
+     b'"seed": 0, "semantic_temperature": NaN, "coarse_temperature": -1, '
+     b'"fine_temperature": -1}]}', 400),
     (b'{"inputs": {"text": ["x"]}}', 400),
     (b'{"instances": [{"text": "x", "seconds": 1, "seed": 0}]}' + b" " * 5000, 413),
 ])
