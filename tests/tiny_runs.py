@@ -13,6 +13,4 @@ TEXTS = ["a calm piano piece", "fast drums"]
 
 
 def load(runs, **changes):
-    dirs = dict(runs, **changes)
-    return Cascade.load(dirs["mulan"], dirs["semantic"], dirs["coarse"], dirs["fine"], dirs["codec"],
-                        semantic_tokenizer=dirs["semantic_tokenizer"])
+    return Cascade.from_runs(dict(runs, **changes))

@@ -48,8 +48,7 @@ def _export_random(recipe_name: str, seconds: float, root: str):
 
     t0 = time.perf_counter()
     runs = write_cascade(os.path.join(root, "runs"), RECIPES[recipe_name])
-    cascade = Cascade.load(runs["mulan"], runs["semantic"], runs["coarse"], runs["fine"],
-                           runs["codec"], semantic_tokenizer=runs["semantic_tokenizer"])
+    cascade = Cascade.from_runs(runs)
     print(f"[bench] wrote and loaded random {recipe_name} runs in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
     cfg = ExportConfig(name="bench", max_seconds=seconds, bucket_seconds=seconds,
@@ -138,14 +137,6 @@ def served(url: str, name: str, clients: int, seconds: float, duration_s: float,
     return lat, time.perf_counter() - t0
 
 
-def _health(url: str) -> dict:
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(url + "/healthz", timeout=10) as r:
-        return json.loads(r.read())
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mufm.bench.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,7 +167,10 @@ def main(argv=None) -> int:
             print(f"JAX cascade batch 1: {len(lat)} requests  p50 {_percentiles(lat)[0]:.3f} s "
                   f"(the SavedModel in TF / JAX: {p50_in / _percentiles(lat)[0]:.2f})", flush=True)
             del cascade
+        from mufm.serve.client import Client
+
         proc, url = start_server(model_dir, args.serve_flags.split())
+        health = Client(url, name).health
         rows = []
         try:
             for c in clients:
@@ -186,9 +180,9 @@ def main(argv=None) -> int:
                 served(url, name, c, args.seconds, 0.0, c)
                 print(f"served {c:3d} clients: warm-up round {time.perf_counter() - t0:.1f} s",
                       flush=True)
-                before = _health(url)["stats"]
+                before = health()["stats"]
                 lat, wall = served(url, name, c, args.seconds, args.duration_s, args.min_requests)
-                after = _health(url)["stats"]
+                after = health()["stats"]
                 batches = after.get("batches", 0) - before.get("batches", 0)
                 per_batch = (after.get("rows", 0) - before.get("rows", 0)) / max(batches, 1)
                 p50, p99 = _percentiles(lat)

@@ -200,6 +200,16 @@ class Cascade:
         return cls(mulan=MuLan.load(mulan_dir), stages=stages, codec=load_codec(codec_dir),
                    semantic_tokenizer=tokenizer, **kwargs)
 
+    @classmethod
+    def from_runs(cls, runs: dict, **kwargs) -> "Cascade":
+        """`load` from {role: run dir} (roles mulan, semantic, coarse, fine, codec and,
+        optionally, semantic_tokenizer: what `random_runs.write_cascade` returns)."""
+        missing = [r for r in ("mulan", *STAGES, "codec") if r not in runs]
+        if missing:
+            raise CascadeError(f"runs {sorted(runs)}: no run for {missing}")
+        return cls.load(runs["mulan"], *(runs[name] for name in STAGES), runs["codec"],
+                        semantic_tokenizer=runs.get("semantic_tokenizer"), **kwargs)
+
     @property
     def sample_rate(self) -> int:
         return int(self.codec.configs["codec"].sample_rate)

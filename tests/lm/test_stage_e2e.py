@@ -18,7 +18,8 @@ import soundfile as sf
 
 from mufm.data import pretokenize as P
 from mufm.data import token_records as R
-from tests.semantic.conftest import CODEC_GIN, SEMANTIC_GIN, _initialise_codebooks, write_run
+from tests.semantic.conftest import (CODEC_GIN, SEMANTIC_GIN, _initialise_codebooks,
+                                     write_train_state_run)
 from tests.train_runs import REPO, checkpoint_steps, restored_params, train_env
 
 SR = 24_000
@@ -36,9 +37,9 @@ def models(tmp_path_factory):
     from mufm.train.restore import load
 
     root = tmp_path_factory.mktemp("models")
-    codec = write_run(CODEC_GIN, str(root / "codec"), 1, _initialise_codebooks)
-    semantic = write_run(SEMANTIC_GIN, str(root / "semantic"), 0)
-    mulan = write_run(MULAN_GIN, str(root / "mulan"), 0)
+    codec = write_train_state_run(CODEC_GIN, str(root / "codec"), 1, _initialise_codebooks)
+    semantic = write_train_state_run(SEMANTIC_GIN, str(root / "semantic"), 0)
+    mulan = write_train_state_run(MULAN_GIN, str(root / "mulan"), 0)
     sem = load(semantic, family="semantic")
     wave = jnp.asarray(np.stack([harmonic(3.0, 110 * (k + 1)) for k in range(4)]))
     frames = np.asarray(embed(*sem.parts, wave, None, 1)).reshape(-1, sem.configs["model"].d_model)

@@ -46,8 +46,10 @@ def _task(gin_file: str, model_dir: str):
     return task, run
 
 
-def write_run(gin_file: str, model_dir: str, step: int, prepare=None) -> str:
-    """A run directory at `step` holding the initial state (after `prepare(program, state)`)."""
+def write_train_state_run(gin_file: str, model_dir: str, step: int, prepare=None) -> str:
+    """A run directory at `step` holding the initial state (after `prepare(program, state)`),
+    built by the trainer itself (mufm.sample.random_runs.write_run writes the same files
+    from the model alone)."""
     from mufm.parallel.logical import sharding_context
     from mufm.parallel.mesh import MeshConfig
     from mufm.train.checkpoint import CheckpointConfig, Checkpointer
@@ -92,14 +94,15 @@ def _initialise_codebooks(program, state):
 @pytest.fixture(scope="session")
 def semantic_run(tmp_path_factory):
     """The tiny semantic model (41k params, 1 + 1 conformer blocks, 1.2 s training crops)."""
-    return write_run(SEMANTIC_GIN, str(tmp_path_factory.mktemp("runs") / "semantic"), 0)
+    return write_train_state_run(SEMANTIC_GIN, str(tmp_path_factory.mktemp("runs") / "semantic"),
+                                 0)
 
 
 @pytest.fixture(scope="session")
 def codec_run(tmp_path_factory):
     """The tiny codec (4 RVQ levels x 64 codes, 50 Hz), codebooks initialised."""
-    return write_run(CODEC_GIN, str(tmp_path_factory.mktemp("runs") / "codec"), 1,
-                     _initialise_codebooks)
+    return write_train_state_run(CODEC_GIN, str(tmp_path_factory.mktemp("runs") / "codec"), 1,
+                                 _initialise_codebooks)
 
 
 FIT = dict(num_clusters=8, max_frames=2400, minibatch_frames=512, epochs=2, seed=0)
