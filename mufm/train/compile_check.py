@@ -224,7 +224,9 @@ def _shard_bytes(tree) -> int:
     import jax
     import numpy as np
 
-    return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
+    # PRNG key dtypes (key<fry>) are no numpy dtype but know their own itemsize.
+    size = lambda dtype: dtype.itemsize if hasattr(dtype, "itemsize") else np.dtype(dtype).itemsize
+    return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * size(x.dtype)
                for x in jax.tree.leaves(tree))
 
 
@@ -256,28 +258,36 @@ def configured_program(devices):
 
 def compile_one(program, name: str, fn, *, topology: str, hbm_bytes: int,
                 model_flops: float, peak_flops: float = 0.0) -> Report:
-    import jax
-
     from mufm.parallel.logical import sharding_context
 
-    common = dict(program=name, topology=topology, num_devices=program.mesh.devices.size,
-                  hbm_bytes=hbm_bytes, model_flops=model_flops, peak_flops=peak_flops)
     start = time.perf_counter()
     with sharding_context(program.mesh, program.rules):
         lowered = fn.lower(program.abstract, program.batch_spec)
-        try:
-            compiled = lowered.compile()
-        except jax.errors.JaxRuntimeError as e:
-            # The TPU compiler refuses programs that exceed HBM, so no memory_analysis():
-            # rebuild the figures from the shardings and the compiler's message.
-            if "RESOURCE_EXHAUSTED" not in str(e):
-                raise
-            state = _shard_bytes(program.abstract)
-            return Report(argument_bytes=state + _shard_bytes(program.batch_spec),
-                          output_bytes=state, alias_bytes=state,
-                          temp_bytes=_oom_temp_bytes(str(e)), code_bytes=0, flops_per_device=0.0,
-                          compile_s=time.perf_counter() - start,
-                          oom_message=str(e).strip().splitlines()[0], **common)
+        state = _shard_bytes(program.abstract)
+        # Without a compile, the donated state counts as argument, output and alias.
+        return compile_lowered(lowered, start, (program.abstract, program.batch_spec),
+                               state, state, program=name, topology=topology,
+                               num_devices=program.mesh.devices.size, hbm_bytes=hbm_bytes,
+                               model_flops=model_flops, peak_flops=peak_flops)
+
+
+def compile_lowered(lowered, start: float, arguments, output_bytes: int, alias_bytes: int,
+                    **report) -> Report:
+    """The Report of compiling `lowered` (started at `start`, perf_counter). The TPU
+    compiler refuses a program that exceeds HBM and gives no memory_analysis(); the
+    figures are then rebuilt from the shardings of `arguments` (abstract arrays), the
+    given output/alias bytes and the compiler's message."""
+    import jax
+
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return Report(argument_bytes=_shard_bytes(arguments), output_bytes=output_bytes,
+                      alias_bytes=alias_bytes, temp_bytes=_oom_temp_bytes(str(e)), code_bytes=0,
+                      flops_per_device=0.0, compile_s=time.perf_counter() - start,
+                      oom_message=str(e).strip().splitlines()[0], **report)
     mem = compiled.memory_analysis()
     flops, estimated_s = _cost(compiled)
     return Report(argument_bytes=int(mem.argument_size_in_bytes),
@@ -286,7 +296,7 @@ def compile_one(program, name: str, fn, *, topology: str, hbm_bytes: int,
                   temp_bytes=int(mem.temp_size_in_bytes),
                   code_bytes=int(mem.generated_code_size_in_bytes),
                   flops_per_device=flops, estimated_s=estimated_s,
-                  compile_s=time.perf_counter() - start, **common)
+                  compile_s=time.perf_counter() - start, **report)
 
 
 def compile_programs(topology: str, num_slices: int = 1, only: Sequence[str] | None = None,
