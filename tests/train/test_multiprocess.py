@@ -7,10 +7,13 @@ rounding of its all-reduces (gloo sums the shards in another order than XLA's in
 collectives, so bitwise equality across the two is not on offer); and a process that dies
 takes the others down within the launcher's grace period, naming it.
 
-A short codec GAN run (warm-up and GAN steps) evaluates on a split whose two input shards
-hold 3 and 2 eval batches: the hosts agree on the batch count (mufm.parallel.multihost.
-aligned_batches), so neither waits on a collective the other never reaches, and every clip
-is scored; it follows the 1-process run (its first step to fp32 rounding). Without the
+A short codec run (its reconstruction warm-up steps) evaluates on a split whose two input
+shards hold 3 and 2 eval batches: the hosts agree on the batch count (mufm.parallel.
+multihost.aligned_batches), so neither waits on a collective the other never reaches, and
+every clip is scored; it follows the 1-process run (its first step to fp32 rounding). The
+GAN step is left out here: it is the same SPMD program kind on the same mesh
+(tests/codec/test_step.py holds its 8-device step to the 1-device one), and compiling it
+for two processes and for one cost ~3 of this file's minutes. Without the
 launcher, a dead host's missing heartbeats end the survivors with an error."""
 import os
 import re
@@ -148,12 +151,12 @@ def test_a_dead_host_stops_the_others_without_the_launcher(tmp_path):
     print(f"survivor ended {elapsed:.0f} s after the kill; its log ends:\n{log[-1500:]}")
     assert re.search(r"task[:/ ]*1|heartbeat|peer|Connection", log, re.I), log[-3000:]
 
-# The tiny codec GAN: 2 warm-up steps then 2 GAN steps (both train programs), evaluated at
-# the end (one eval program) on all of `validation_odd`: 9 clips, input shard 0 holding 3
-# eval batches and shard 1 holding 2.
+# The tiny codec: 4 warm-up steps (no discriminator), evaluated at the end (one eval
+# program) on all of `validation_odd`: 9 clips, input shard 0 holding 3 eval batches and
+# shard 1 holding 2.
 CODEC_STEPS = 4
 CODEC_ARGS = ("--gin_file=experiments/codec_synthetic_tiny.gin", "--gin_file=mesh/cpu8.gin",
-              f"--gin.TRAIN_STEPS={CODEC_STEPS}", "--gin.GANConfig.discriminator_start=2",
+              f"--gin.TRAIN_STEPS={CODEC_STEPS}", "--gin.GANConfig.discriminator_start=1000",
               "--gin.GANConfig.eval_levels=(4,)", "--gin.DataConfig.input_shards=2",
               "--gin.DataConfig.eval_split='validation_odd'",
               f"--gin.RunConfig.eval_every={CODEC_STEPS}", "--gin.RunConfig.eval_batches=10",
@@ -179,13 +182,12 @@ def test_codec_with_uneven_eval_shards_two_processes_follow_one(tmp_path):
     # steps drift apart more (gloo's all-reduce order differs from XLA's in-process one, and
     # the codebook's dead-code restarts are discrete decisions that amplify it), so they
     # are held to 1 %.
-    for name in ("mel", "discriminator_loss"):
+    for name in ("mel",):
         l1, l2 = scalars(one, name), scalars(two, name)
         assert sorted(l1) == sorted(l2) == list(range(1, CODEC_STEPS + 1)), (name, l1, l2)
         np.testing.assert_allclose(l2[1], l1[1], rtol=1e-5, err_msg=name)
         np.testing.assert_allclose([l2[s] for s in sorted(l2)], [l1[s] for s in sorted(l1)],
                                    rtol=1e-2, err_msg=name)
-    assert scalars(two, "discriminator_loss")[CODEC_STEPS] > 0  # the GAN step ran
     # Every clip of both shards scored, by both runs: 9 clips (the pass did not stop at the
     # shorter shard, and the longer one's last batch was not dropped).
     assert scalars(two, "eval/clips") == scalars(one, "eval/clips") == {CODEC_STEPS: 9.0}
