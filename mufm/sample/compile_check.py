@@ -37,7 +37,6 @@ if __name__ == "__main__":  # before jax is imported (mufm/train/compile_check.p
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -199,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.gin_file, args.gin = files, bindings
 
     from mufm.gin_flags import GinConfigError
-    from mufm.train.compile_check import TopologyError, summary_line, topology_devices
+    from mufm.train.compile_check import TopologyError, finish, topology_devices
 
     try:
         if args.batch < 0:
@@ -217,12 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = compile_stage(stage, devices, batch, args.topology)
         print("\n".join(r.lines()) + "\n", flush=True)
         reports.append(r)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([r.to_json() for r in reports], f, indent=1)
-    line = summary_line(reports)
-    print(line, flush=True)
-    return 0 if line.startswith("fits=true") else 1
+    return finish(reports, args.json or None)
 
 
 if __name__ == "__main__":

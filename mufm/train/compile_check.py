@@ -534,6 +534,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (GinConfigError, MeshError, ShardingRuleError, TopologyError) as e:
         print(f"mufm.train.compile_check: {e}", file=sys.stderr)
         return 2
+    return finish(reports, json_path)
+
+
+def finish(reports: Sequence[Report], json_path: str | None = None) -> int:
+    """Writes the reports to `json_path` (if given), prints the summary line and returns
+    the exit status: 0 when every program fits, 1 otherwise."""
     if json_path:
         import json
 
