@@ -48,6 +48,21 @@ def scalars(model_dir: str, tag: str) -> dict[int, float]:
     return out
 
 
+def tiny_corpus(out: str, works: int = 6) -> str:
+    """A `quick` corpus of `works` rendered works (2 variants each) at `out`; skips the test
+    where fluidsynth or its General MIDI soundfont is missing."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("fluidsynth") is None or not os.path.exists("/usr/share/sounds/sf2/FluidR3_GM.sf2"):
+        pytest.skip("fluidsynth + fluid-soundfont-gm not installed (launch/install.sh installs them)")
+    subprocess.run([sys.executable, "-m", "mufm.data.corpus", "build", f"--out={out}",
+                    "--config=quick", f"--limit={works}", "--variants=2", "--jobs=2",
+                    "--no-progress"], cwd=REPO, check=True, capture_output=True, text=True)
+    return out
+
+
 def checkpoint_steps(model_dir: str) -> list[int]:
     d = os.path.join(model_dir, "checkpoints")
     if not os.path.isdir(d):

@@ -60,13 +60,21 @@ class SplitTaggedTfdsSource(seqio.TfdsDataSource):
     """A TfdsDataSource whose examples carry their split name (train crops randomly, eval not),
     and that prepares its TFDS dataset on first use (seqio's file sharding reads the split
     list before it would load, so an unprepared dataset otherwise fails with empty splits).
-    With several hosts, prepare once beforehand (`tfds.builder(...).download_and_prepare()`)
-    rather than have every host race to."""
+    Hosts sharing a data_dir that find it unprepared all generate it; TFDS writes each copy
+    into an `incomplete.*` directory and renames it into place, so the first one wins and
+    the others' renames fail: they read the winner's copy (generation is deterministic: the
+    same examples). Many hosts had better prepare once beforehand
+    (`tfds.builder(...).download_and_prepare()`) than all generate it."""
 
     def prepare(self) -> None:
         builder = self.tfds_dataset.builder
-        if not builder.is_prepared():
+        if builder.is_prepared():
+            return
+        try:
             builder.download_and_prepare()
+        except FileExistsError:
+            if not builder.is_prepared():  # not the race: something else is in the way
+                raise
 
     def list_shards(self, split):
         self.prepare()

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 import soundfile as sf
 
-from tests.train_runs import REPO, checkpoint_steps, path_name, scalars, train_env
+from tests.train_runs import REPO, checkpoint_steps, path_name, scalars, tiny_corpus, train_env
 
 pytestmark = pytest.mark.slow
 GIN = "experiments/mulan_corpus_tiny.gin"
@@ -20,16 +20,8 @@ GIN = "experiments/mulan_corpus_tiny.gin"
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    import shutil
-
-    if shutil.which("fluidsynth") is None or not os.path.exists("/usr/share/sounds/sf2/FluidR3_GM.sf2"):
-        pytest.skip("fluidsynth + fluid-soundfont-gm not installed (launch/install.sh installs them)")
     root = tmp_path_factory.mktemp("mulan_corpus")
-    out = str(root / "tiny")
-    subprocess.run([sys.executable, "-m", "mufm.data.corpus", "build", f"--out={out}",
-                    "--config=quick", "--limit=6", "--variants=2", "--jobs=2", "--no-progress"],
-                   cwd=REPO, check=True, capture_output=True, text=True)
-    return out, str(root / "tfds")
+    return tiny_corpus(str(root / "tiny")), str(root / "tfds")
 
 
 def env(tfds_dir):

@@ -5,7 +5,8 @@ restarted, the run ends bitwise equal to an uninterrupted 2-process run; it foll
 1-process run on the same 8-device mesh reading the same two input shards within the
 rounding of its all-reduces (gloo sums the shards in another order than XLA's in-process
 collectives, so bitwise equality across the two is not on offer); and a process that dies
-takes the others down within the launcher's grace period, naming it.
+takes the others down within the launcher's grace period, naming it. A tiny MuLan's
+retrieval eval over both hosts' clips scores what one process does.
 
 A short codec run (its reconstruction warm-up steps) evaluates on a split whose two input
 shards hold 3 and 2 eval batches: the hosts agree on the batch count (mufm.parallel.
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 
 from tests.train.test_train_e2e import _trajectory_rtol
-from tests.train_runs import REPO, checkpoint_steps, run_train, scalars, train_env
+from tests.train_runs import REPO, checkpoint_steps, run_train, scalars, tiny_corpus, train_env
 
 pytestmark = pytest.mark.slow
 
@@ -199,6 +200,38 @@ def test_codec_with_uneven_eval_shards_two_processes_follow_one(tmp_path):
             assert sorted(e1) == sorted(e2) == [CODEC_STEPS], (t, e1, e2)
             np.testing.assert_allclose(e2[CODEC_STEPS], e1[CODEC_STEPS], rtol=0.05, atol=0.05,
                                        err_msg=t)
+
+
+# The tiny MuLan on a rendered corpus whose validation split holds 2 clips, one per input
+# shard: its retrieval eval scores each clip's audio against every caption of both hosts.
+MULAN_ARGS = ("--gin_file=experiments/mulan_corpus_tiny.gin", "--gin_file=mesh/cpu8.gin",
+              "--gin.TRAIN_STEPS=4", "--gin.DataConfig.batch_size=8",
+              "--gin.DataConfig.input_shards=2", "--gin.RunConfig.eval_every=4",
+              "--gin.RunConfig.log_every=1", "--gin.CheckpointConfig.save_every=4")
+
+
+def test_mulan_retrieval_eval_spans_both_processes(tmp_path):
+    corpus = tiny_corpus(str(tmp_path / "corpus"))
+    # One TFDS directory, unprepared, for both processes: they start together, so both may
+    # generate the dataset, and then the second one's rename into place fails; it must read
+    # the first one's copy (it failed the run before mufm.data.tasks caught that).
+    tfds_env = {"MUFM_TFDS_DIR": str(tmp_path / "tfds")}
+    args = (*MULAN_ARGS, f'--gin.CORPUS_DIR="{corpus}"')
+    two, one = str(tmp_path / "two"), str(tmp_path / "one")
+    rc, out, err = _finish(_launch(two, args=args, env=tfds_env), timeout=420)
+    assert rc == 0, out + err
+    proc = subprocess.run([sys.executable, "-m", "mufm.train", *args, f'--gin.MODEL_DIR="{one}"'],
+                          cwd=REPO, env=dict(train_env(8), **tfds_env), capture_output=True,
+                          text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Both clips are candidates (the hosts' embeddings gathered), and the scores follow the
+    # 1-process run: the same clips, its 4 steps within the drift of gloo's all-reduce
+    # order (as the codec's above, 1 %).
+    assert scalars(two, "eval/candidates") == scalars(one, "eval/candidates") == {4: 2.0}
+    for tag in ("eval/loss", "eval/audio_to_text_r1", "eval/text_to_audio_r1"):
+        e1, e2 = scalars(one, tag), scalars(two, tag)
+        assert sorted(e1) == sorted(e2) == [4], (tag, e1, e2)
+        np.testing.assert_allclose(e2[4], e1[4], rtol=1e-2, err_msg=tag)
 
 
 def _tags(model_dir):
