@@ -25,6 +25,13 @@ from mufm.train.optim import OptimizerConfig, make_optimizer
 from mufm.train.task import Evaluation, Optimizers, StepContext, Task
 
 
+def stage_layout(data) -> Any:
+    """The StageLayout of the first stage token task a DataConfig registers (None if none,
+    or no config): what a stage run's recorded configs say its sequences look like."""
+    regs = getattr(data, "registrations", ())
+    return next((r.layout for r in regs if hasattr(r, "layout")), None)
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class LMTask(Task):
@@ -37,7 +44,7 @@ class LMTask(Task):
 
     def layout(self):
         """The stage layout of the token task this trains on (None for other tasks)."""
-        return next((r.layout for r in self.data.registrations if hasattr(r, "layout")), None)
+        return stage_layout(self.data)
 
     def validate(self, run) -> None:
         layout = self.layout()

@@ -78,9 +78,10 @@ def _record(role: str, path: str, family: str) -> tuple[dict, Any]:
 
 
 def _stage_layout(role: str, path: str) -> StageLayout:
+    from mufm.lm.task import stage_layout
+
     _, configs = _record(role, path, "lm")
-    regs = getattr(configs.get("data"), "registrations", ())
-    layout = getattr(regs[0], "layout", None) if regs else None
+    layout = stage_layout(configs.get("data"))
     if not isinstance(layout, StageLayout):
         raise CascadeError(f"{role} run {path}: its data config has no stage token task layout")
     return layout

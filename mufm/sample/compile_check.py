@@ -25,15 +25,10 @@ fits, 1 does not fit, 2 bad configuration or topology.
 """
 from __future__ import annotations
 
-import os
-
-from mufm.train.compile_check import COMPILE_ONLY_ENV
+from mufm.train.compile_check import use_compile_only_environment
 
 if __name__ == "__main__":  # before jax is imported (mufm/train/compile_check.py says why)
-    for _k, _v in COMPILE_ONLY_ENV.items():
-        os.environ.setdefault(_k, _v)
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    use_compile_only_environment()
 
 import argparse
 import dataclasses
@@ -67,8 +62,9 @@ class Stage:
 def _from_configs(name: str, source: str, task_class, configs: dict, sampling) -> Stage:
     from flax import nnx
 
-    regs = getattr(configs.get("data"), "registrations", ())
-    layout = next((r.layout for r in regs if hasattr(r, "layout")), None)
+    from mufm.lm.task import stage_layout
+
+    layout = stage_layout(configs.get("data"))
     if layout is None:
         raise ValueError(f"{name} stage {source}: its data config has no stage token task layout")
     if layout.name != name:
@@ -157,23 +153,18 @@ def _stages(args) -> list[Stage]:
             gin.clear_config()
         sampling = {"semantic": g.semantic_sampling, "coarse": g.coarse_sampling,
                     "fine": g.fine_sampling}
-        sources = {name: (getattr(g, name),) for name in STAGES if getattr(g, name)}
+        sources = {name: (getattr(g, name), ()) for name in STAGES if getattr(g, name)}
     if args.recipe:
         sources = dict(_recipes()[args.recipe], **sources)
-    for name in STAGES:
-        given = getattr(args, name)
-        if given:
-            sources[name] = (given,) if not given.endswith(".gin") else (given, ())
+    # Each source: (a run dir or an experiment gin file, the gin file's bindings).
+    sources.update({name: (getattr(args, name), ()) for name in STAGES if getattr(args, name)})
     missing = [name for name in STAGES if name not in sources]
     if missing:
         raise ValueError(f"no source for the {', '.join(missing)} stage: give --recipe, a "
                          f"--gin_file generate config or --{missing[0]}=RUN_DIR_OR_GIN")
-    out = []
-    for name in STAGES:
-        src = sources[name]
-        out.append(stage_from_gin(name, src[0], src[1], sampling[name]) if len(src) == 2
-                   else stage_from_run(name, src[0], sampling[name]))
-    return out
+    return [stage_from_gin(name, path, bindings, sampling[name]) if path.endswith(".gin")
+            else stage_from_run(name, path, sampling[name])
+            for name, (path, bindings) in ((n, sources[n]) for n in STAGES)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

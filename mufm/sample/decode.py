@@ -100,10 +100,18 @@ def _kth_largest(logits: jax.Array, k: int) -> jax.Array:
     return jax.lax.top_k(logits, k)[0][:, -1:]
 
 
-def row_temperatures(rows: int, config: SamplingConfig) -> jax.Array:
+def _row_temperatures(rows: int, config: SamplingConfig) -> jax.Array:
     """The config's temperature for each of `rows` rows (pairs), fp32 [rows]: what `choose`
     divides by when no per-row temperatures are given."""
     return jnp.full((rows,), config.temperature, jnp.float32)
+
+
+def sample_temperatures(rows: int, config: SamplingConfig) -> jax.Array | None:
+    """What the samplers pass `choose` for a config: its temperature as an array (an
+    argument of the jitted program, not a constant XLA could fold into a multiplication by
+    its reciprocal, so a temperature given at run time, the export's overrides, divides
+    exactly as this does), or None for a greedy config (argmax alone)."""
+    return None if config.is_greedy else _row_temperatures(rows, config)
 
 
 def choose(logits: jax.Array, position: jax.Array, lo: jax.Array, hi: jax.Array,
@@ -111,9 +119,8 @@ def choose(logits: jax.Array, position: jax.Array, lo: jax.Array, hi: jax.Array,
            temperature: jax.Array | None = None) -> jax.Array:
     """The tokens [m] for `position` from the previous token's fp32 logits [b, vocab]
     (b = 2m with guidance, conditional rows first). `temperature` [m] replaces the
-    config's, row by row (0: that row greedy); the samplers pass it as a traced array
-    either way, so a temperature given at run time (the export's overrides) divides
-    exactly as the config's does and draws the same tokens."""
+    config's, row by row (0: that row greedy); the samplers pass the config's own as an
+    array too (`sample_temperatures`), so both divide alike and draw the same tokens."""
     logits = logits.astype(jnp.float32)
     m = _rows(logits.shape[0], config)
     allowed = range_mask(lo[position], hi[position], logits.shape[-1])
@@ -123,12 +130,10 @@ def choose(logits: jax.Array, position: jax.Array, lo: jax.Array, hi: jax.Array,
     # Masking after guidance: the ids outside the range stay impossible whatever the scale.
     logits = jnp.where(allowed, logits, -jnp.inf)
     best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    if config.greedy:
-        return best
+    if config.greedy or (temperature is None and config.is_greedy):
+        return best  # nothing to draw: no top-k, top-p or noise on the hot path
     if temperature is None:
-        if config.is_greedy:
-            return best
-        temperature = row_temperatures(m, config)
+        temperature = _row_temperatures(m, config)
     temperature = temperature.astype(jnp.float32)
     greedy = temperature == 0
     logits = logits / jnp.where(greedy, 1.0, temperature)[:, None]
@@ -192,14 +197,12 @@ def sample_parts(graphdef, state, prompts: jax.Array, lo: jax.Array, hi: jax.Arr
                  config: SamplingConfig) -> jax.Array:
     """The jitted sampler on a split model (`nnx.split(model)`): prompts [b, p] int32,
     allowed ids lo/hi [>= p + num_tokens] per position of the whole sequence, per-row
-    temperatures [m] (`row_temperatures(m, config)` when None) -> the new ids
+    temperatures [m] (None: the config's, `sample_temperatures`) -> the new ids
     [m, num_tokens] (m = b, or b / 2 pairs with guidance)."""
     model = nnx.merge(graphdef, state)
     p = prompts.shape[1]
     if num_tokens == 0:
         return jnp.zeros((_rows(prompts.shape[0], config), 0), jnp.int32)
-    if temperature is None:
-        temperature = row_temperatures(_rows(prompts.shape[0], config), config)
     logits, cache = prefill(model, prompts, p + num_tokens)
     return decode_steps(model, cache, logits, jnp.int32(p), num_tokens, lo, hi, key, config,
                         temperature)
@@ -225,12 +228,9 @@ def sample(model, prompts, num_tokens: int, lo, hi, config: SamplingConfig,
     either way (its noise depends on its index, not on the batch)."""
     prompts, lo, hi = _check(prompts, num_tokens, lo, hi)
     graphdef, state = nnx.split(model)
-    # The temperature goes in as an argument, not a constant XLA could fold into a
-    # multiplication by its reciprocal: the exported cascade takes it at run time and
-    # must divide exactly as this does.
     if mesh is None:
         return sample_parts(graphdef, state, prompts, lo, hi, key,
-                            row_temperatures(_rows(prompts.shape[0], config), config),
+                            sample_temperatures(_rows(prompts.shape[0], config), config),
                             num_tokens=num_tokens, config=config)
     if data_axis not in mesh.axis_names:
         raise ValueError(f"mesh axes {mesh.axis_names} have no {data_axis!r} axis to split "
@@ -244,7 +244,7 @@ def sample(model, prompts, num_tokens: int, lo, hi, config: SamplingConfig,
                                    for h in halves])
     replicated = NamedSharding(mesh, PartitionSpec())
     prompts = jax.device_put(prompts, NamedSharding(mesh, PartitionSpec(data_axis)))
-    temperature = row_temperatures(rows + pad, config)
+    temperature = sample_temperatures(rows + pad, config)
     state, lo, hi, key, temperature = jax.device_put((state, lo, hi, key, temperature),
                                                      replicated)
     ids = sample_parts(graphdef, state, prompts, lo, hi, key, temperature,
@@ -271,7 +271,7 @@ def sample_uncached(model, prompts, num_tokens: int, lo, hi, config: SamplingCon
     graphdef, state = nnx.split(model)
     b, p = prompts.shape
     seq = jnp.zeros((b, p + num_tokens), jnp.int32).at[:, :p].set(prompts)
-    temperature = row_temperatures(_rows(b, config), config)
+    temperature = sample_temperatures(_rows(b, config), config)
     out = []
     for i in range(num_tokens):
         position = p + i

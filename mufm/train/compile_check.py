@@ -44,13 +44,21 @@ COMPILE_ONLY_ENV = {
     # compile checks (tests, colleagues) run side by side.
     "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
 }
-if __name__ == "__main__":
-    for _k, _v in COMPILE_ONLY_ENV.items():
-        os.environ.setdefault(_k, _v)
+
+
+def use_compile_only_environment() -> None:
+    """Sets COMPILE_ONLY_ENV (where unset) and a CPU host backend: call before jax is first
+    imported, in a process whose only target is a --topology."""
+    for k, v in COMPILE_ONLY_ENV.items():
+        os.environ.setdefault(k, v)
     # The topology devices are compile-only and need no TPU runtime; the host backend is
     # the CPU (left unset, jax would try to bring up a TPU runtime and fail without chips).
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+if __name__ == "__main__":
+    use_compile_only_environment()
 
 import dataclasses
 import re

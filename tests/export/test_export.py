@@ -32,12 +32,14 @@ def loaded(exported):
     return tf.saved_model.load(exported[1])
 
 
-def _call(loaded, signature, texts, seconds, seeds):
+def _call(loaded, signature, texts, seconds, seeds, **temperatures):
+    """`temperatures`: {stage: value or per-row values} of the generate_sampled signatures."""
     import tensorflow as tf
 
+    temps = {f"{k}_temperature": tf.constant(v, tf.float32) for k, v in temperatures.items()}
     out = loaded.signatures[signature](text=tf.constant(texts),
                                        seconds=tf.constant(seconds, tf.float64),
-                                       seed=tf.constant(seeds, tf.int64))
+                                       seed=tf.constant(seeds, tf.int64), **temps)
     return {k: v.numpy() for k, v in out.items()}
 
 
@@ -97,12 +99,9 @@ def test_temperature_overrides_exact_per_row(cascade, loaded):
     # Powers of two and 0 (greedy), per row: [semantic, coarse, fine].
     temps = [[0.5, -1.0, 0.0], [-1.0, 2.0, -1.0]]
     texts, seeds = TEXTS[:2], [5, 1]
-    out = loaded.signatures["generate_sampled"](
-        text=tf.constant(texts), seconds=tf.constant(1.0, tf.float64),
-        seed=tf.constant(seeds, tf.int64),
-        **{f"{name}_temperature": tf.constant([row[j] for row in temps], tf.float32)
-           for j, name in enumerate(STAGES)})
-    codes = out["codes"].numpy()
+    out = _call(loaded, "generate_sampled", texts, 1.0, seeds,
+                **{name: [row[j] for row in temps] for j, name in enumerate(STAGES)})
+    codes = out["codes"]
     assert codes.shape == (2, 50, 4) and out["waveform"].shape == (2, 24000)
     default = _call(loaded, "generate_codes", texts, [1.0, 1.0], seeds)["codes"]
     for r, (t, s) in enumerate(zip(texts, seeds)):
@@ -111,16 +110,12 @@ def test_temperature_overrides_exact_per_row(cascade, loaded):
         ref = cascade.generate_tokens([t], 1.0, seed=s, configs=configs, progress=False)
         np.testing.assert_array_equal(codes[r], ref["acoustic"][0])
         assert (codes[r] != default[r]).any()  # the override changed the row
-    unchanged = loaded.signatures["generate_sampled"](
-        text=tf.constant(texts), seconds=tf.constant(1.0, tf.float64),
-        seed=tf.constant(seeds, tf.int64),
-        **{f"{name}_temperature": tf.constant(-1.0) for name in STAGES})
-    np.testing.assert_array_equal(unchanged["codes"].numpy(), default)
+    unchanged = _call(loaded, "generate_sampled", texts, 1.0, seeds,
+                      **{name: -1.0 for name in STAGES})
+    np.testing.assert_array_equal(unchanged["codes"], default)
     with pytest.raises(tf.errors.InvalidArgumentError, match="fine_temperature must be <="):
-        loaded.signatures["generate_sampled"](
-            text=tf.constant(texts[:1]), seconds=tf.constant(1.0, tf.float64),
-            seed=tf.constant(0, tf.int64), semantic_temperature=tf.constant(1.0),
-            coarse_temperature=tf.constant(1.0), fine_temperature=tf.constant(1e9))
+        _call(loaded, "generate_sampled", texts[:1], 1.0, 0, semantic=1.0, coarse=1.0,
+              fine=1e9)
 
 
 def test_graph_checks(loaded):
